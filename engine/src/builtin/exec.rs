@@ -1,0 +1,219 @@
+//! The `exec` stage kind: run a shell command, like DVC's `cmd` or a Snakemake `shell`.
+//!
+//! `with: {run: "...", shell: bash, env: {K: V}}`. Placeholders in `run`: `{out}` (the output
+//! directory), `{work}` (a work directory that survives a killed run), `{item}` (the item id),
+//! `{item.ATTR}` (an item attribute, such as `{item.path}`), `{in.STAGE}` (the artifact directory
+//! of an upstream stage; several, space-separated, when it is a fan-out gathered here); `{{` and
+//! `}}` are literal braces. The command runs in the pipeline file's directory.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::spec::StageDecl;
+use crate::stage::{Stage, StageError, TaskContext};
+
+/// The `exec` stage kind.
+pub struct ExecStage;
+
+enum Piece {
+    Text(String),
+    Out,
+    Work,
+    Item,
+    ItemAttr(String),
+    In(String),
+}
+
+fn parse(template: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                text.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                text.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => name.push(c),
+                        None => return Err(format!("unclosed `{{{name}` in `run`")),
+                    }
+                }
+                pieces.push(Piece::Text(std::mem::take(&mut text)));
+                pieces.push(match name.as_str() {
+                    "out" => Piece::Out,
+                    "work" => Piece::Work,
+                    "item" => Piece::Item,
+                    n if n.starts_with("item.") => Piece::ItemAttr(n[5..].to_string()),
+                    n if n.starts_with("in.") => Piece::In(n[3..].to_string()),
+                    n => {
+                        return Err(format!(
+                            "unknown placeholder `{{{n}}}` in `run` (use {{out}}, {{work}}, {{item}}, {{item.ATTR}}, {{in.STAGE}}; write {{{{ for a literal brace)"
+                        ));
+                    }
+                });
+            }
+            c => text.push(c),
+        }
+    }
+    pieces.push(Piece::Text(text));
+    Ok(pieces)
+}
+
+impl Stage for ExecStage {
+    fn kind(&self) -> &'static str {
+        "exec"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn help(&self) -> String {
+        "exec takes `run: \"COMMAND\"` (placeholders {out}, {work}, {item}, {item.ATTR}, {in.STAGE}), optional `shell: bash` and `env: {NAME: value}`".into()
+    }
+
+    fn check(&self, decl: &StageDecl) -> Result<(), String> {
+        for k in decl.with.keys() {
+            if !["run", "shell", "env"].contains(&k.as_str()) {
+                return Err(format!("unknown parameter `{k}` for exec"));
+            }
+        }
+        let run = decl
+            .with
+            .get("run")
+            .ok_or("exec needs `run`")?
+            .as_str()
+            .ok_or("`run` must be a string")?;
+        if let Some(s) = decl.with.get("shell")
+            && !s.is_string()
+        {
+            return Err("`shell` must be a string".into());
+        }
+        if let Some(env) = decl.with.get("env") {
+            let ok = env
+                .as_object()
+                .is_some_and(|o| o.values().all(|v| v.is_string() || v.is_number() || v.is_boolean()));
+            if !ok {
+                return Err("`env` must map names to strings".into());
+            }
+        }
+        for p in parse(run)? {
+            match p {
+                Piece::In(s) if !decl.needs.contains(&s) => {
+                    return Err(format!(
+                        "`{{in.{s}}}` refers to `{s}`, which this stage does not need (add it to `needs`)"
+                    ));
+                }
+                Piece::Item | Piece::ItemAttr(_) if decl.foreach.is_none() => {
+                    return Err("`{item}` is only defined for stages with `foreach`".into());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&self, ctx: &TaskContext) -> Result<(), StageError> {
+        let template = ctx.params["run"].as_str().unwrap_or_default();
+        let mut cmd = String::new();
+        for p in parse(template)? {
+            match p {
+                Piece::Text(t) => cmd.push_str(&t),
+                Piece::Out => cmd.push_str(&ctx.out_dir.to_string_lossy()),
+                Piece::Work => cmd.push_str(&ctx.work_dir.to_string_lossy()),
+                Piece::Item => cmd.push_str(ctx.item.map(|i| i.id.as_str()).unwrap_or("")),
+                Piece::ItemAttr(a) => {
+                    let item = ctx.item.ok_or("no item")?;
+                    let v = item.attrs.get(&a).ok_or_else(|| {
+                        format!("item `{}` has no attribute `{a}`", item.id)
+                    })?;
+                    cmd.push_str(v);
+                }
+                Piece::In(s) => {
+                    let dirs: Vec<String> = ctx
+                        .inputs_of(&s)
+                        .map(|i| i.dir.to_string_lossy().into_owned())
+                        .collect();
+                    cmd.push_str(&dirs.join(" "));
+                }
+            }
+        }
+        let shell = ctx.params.get("shell").and_then(|s| s.as_str()).unwrap_or("bash");
+        ctx.log.line(format!("$ {cmd}"));
+        let mut command = Command::new(shell);
+        command
+            .arg("-c")
+            .arg(&cmd)
+            .current_dir(ctx.pipeline_dir)
+            .env("COVFLOW_OUT", ctx.out_dir)
+            .env("COVFLOW_STAGE", ctx.stage)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(item) = ctx.item {
+            command.env("COVFLOW_ITEM", &item.id);
+        }
+        if let Some(env) = ctx.params.get("env").and_then(|e| e.as_object()) {
+            for (k, v) in env {
+                let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                command.env(k, v);
+            }
+        }
+        // Its own process group, so cancelling kills the whole command, not just the shell.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start `{shell}`: {e}"))?;
+        let pump = |r: Option<Box<dyn Read + Send>>| {
+            let log = ctx.log.clone();
+            std::thread::spawn(move || {
+                if let Some(mut r) = r {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = r.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        log.append(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            })
+        };
+        let out = pump(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+        let err = pump(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if ctx.cancel.is_cancelled() {
+                // SAFETY: killpg on the child's own process group, which we created above.
+                unsafe {
+                    libc::killpg(child.id() as i32, libc::SIGTERM);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                unsafe {
+                    libc::killpg(child.id() as i32, libc::SIGKILL);
+                }
+                let _ = child.wait();
+                return Err("cancelled".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let _ = out.join();
+        let _ = err.join();
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("command exited with {status}").into())
+        }
+    }
+}

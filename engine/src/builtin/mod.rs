@@ -1,0 +1,7 @@
+//! Stage kinds and dataset sources the engine ships with, so it can be used and tested alone.
+
+mod datasets;
+mod exec;
+
+pub use datasets::{CountSource, GlobSource, ListSource};
+pub use exec::ExecStage;

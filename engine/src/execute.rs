@@ -1,0 +1,570 @@
+//! Running tasks: one task under its key's lock (the contract `covflow stage run` and SLURM jobs
+//! use), and the local executor that runs a whole plan on tokio.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use covflow_cache::{CacheKey, Store};
+use petgraph::graph::NodeIndex;
+use serde_json::json;
+
+use crate::plan::{KeyMaterial, TaskState, Workflow};
+use crate::stage::{CancelToken, Input, TaskContext, TaskLog};
+
+/// What happened to a task in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It ran and its artifact was stored.
+    Executed,
+    /// Its artifact was already in the cache (or another process made it meanwhile).
+    Cached,
+    /// It failed.
+    Failed,
+    /// It did not run: an input failed, or the run stopped first.
+    Skipped,
+}
+
+/// One task's line in a run report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TaskReport {
+    /// Stage name.
+    pub stage: String,
+    /// Item id, for fan-out tasks.
+    pub item: Option<String>,
+    /// What happened.
+    pub state: Outcome,
+    /// Its cache key, when known.
+    pub key: Option<CacheKey>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The end of its log, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunReport {
+    /// Every selected task, in dependency order.
+    pub tasks: Vec<TaskReport>,
+    /// Whether the run was cancelled (Ctrl-C).
+    pub cancelled: bool,
+}
+
+impl RunReport {
+    /// Number of tasks with this outcome.
+    pub fn count(&self, o: Outcome) -> usize {
+        self.tasks.iter().filter(|t| t.state == o).count()
+    }
+
+    /// The documented `run --json` object.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "executed": self.count(Outcome::Executed),
+            "cached": self.count(Outcome::Cached),
+            "failed": self.count(Outcome::Failed),
+            "skipped": self.count(Outcome::Skipped),
+            "cancelled": self.cancelled,
+            "tasks": self.tasks.iter().map(|t| json!({
+                "stage": t.stage,
+                "item": t.item,
+                "state": t.state,
+                "key": t.key.map(|k| k.to_hex()),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// A failed task: why, and the end of its log.
+#[derive(Clone, Debug)]
+pub struct TaskFailure {
+    /// The error.
+    pub message: String,
+    /// The last lines of the task's log.
+    pub log_tail: String,
+}
+
+/// A finished upstream artifact a task reads.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// Its content digest.
+    pub digest: String,
+    /// Its key.
+    pub key: CacheKey,
+    /// Its data directory.
+    pub dir: PathBuf,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Runs one task whose inputs are finished, under the lock of its key: if another process made
+/// the artifact meanwhile it is `Cached`, else the stage runs into a staging directory that is
+/// published atomically. Blocking.
+pub fn run_task(
+    wf: &Workflow,
+    n: NodeIndex,
+    inputs: &[Upstream],
+    force: bool,
+    retries: u32,
+    cancel: &CancelToken,
+) -> Result<(Outcome, KeyMaterial, Upstream), TaskFailure> {
+    let fail = |message: String, log: &TaskLog| TaskFailure {
+        message,
+        log_tail: log.tail(20),
+    };
+    let digests: Vec<String> = inputs.iter().map(|u| u.digest.clone()).collect();
+    let material = wf.material(n, &digests);
+    let key = material.key();
+    let log = TaskLog::default();
+    let store: &Store = &wf.store;
+    let _lock = store.lock(&key).map_err(|e| fail(e.to_string(), &log))?;
+    if !force && let Some(a) = store.get(&key).map_err(|e| fail(e.to_string(), &log))? {
+        let dir = a.data_dir();
+        return Ok((
+            Outcome::Cached,
+            material,
+            Upstream {
+                digest: a.manifest.digest,
+                key,
+                dir,
+            },
+        ));
+    }
+    let t = &wf.graph.graph[n];
+    let decl = &wf.pipeline.stages[t.stage];
+    let stage = wf.registry.stage(&decl.uses).expect("checked at load");
+    let task_inputs: Vec<Input> = t
+        .inputs
+        .iter()
+        .zip(inputs)
+        .map(|(&i, u)| Input {
+            stage: wf.graph.stage_name(i).to_string(),
+            item: wf.graph.item_id(i).map(str::to_string),
+            dir: u.dir.clone(),
+        })
+        .collect();
+    let work = store.work_dir(&key).map_err(|e| fail(e.to_string(), &log))?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let staging = store.stage(&key).map_err(|e| fail(e.to_string(), &log))?;
+        let out_dir = staging.data_dir();
+        let started = unix_now();
+        let clock = Instant::now();
+        log.line(format!(
+            "# covflow: {} attempt {attempt}, key {}",
+            wf.graph.label(n),
+            key.short()
+        ));
+        let ctx = TaskContext {
+            pipeline_dir: &wf.pipeline.dir,
+            stage: &decl.name,
+            item: t.item.as_ref(),
+            params: &decl.with,
+            inputs: &task_inputs,
+            out_dir: &out_dir,
+            work_dir: &work,
+            device: &wf.device,
+            log: &log,
+            cancel,
+        };
+        match stage.run(&ctx) {
+            Ok(()) => {
+                let provenance = json!({
+                    "pipeline": wf.pipeline.name,
+                    "pipeline_file": wf.pipeline.path,
+                    "stage": decl.name,
+                    "kind": decl.uses,
+                    "version": stage.version(),
+                    "item": t.item.as_ref().map(|i| &i.id),
+                    "params": decl.with,
+                    "inputs": task_inputs.iter().zip(inputs).map(|(i, u)| json!({
+                        "stage": i.stage, "item": i.item, "key": u.key, "digest": u.digest,
+                    })).collect::<Vec<_>>(),
+                    "device": wf.device,
+                    "resources": decl.resources,
+                    "covflow_version": env!("CARGO_PKG_VERSION"),
+                    "started_unix": started,
+                    "finished_unix": unix_now(),
+                    "duration_s": clock.elapsed().as_secs_f64(),
+                    "attempts": attempt,
+                    "key_material": material,
+                });
+                let artifact = store
+                    .commit_with(staging, provenance, &log.contents(), force)
+                    .map_err(|e| fail(e.to_string(), &log))?;
+                store.clear_work_dir(&key);
+                wf.remember(n, &material);
+                let dir = artifact.data_dir();
+                return Ok((
+                    Outcome::Executed,
+                    material,
+                    Upstream {
+                        digest: artifact.manifest.digest,
+                        key,
+                        dir,
+                    },
+                ));
+            }
+            Err(e) => {
+                store.discard(staging);
+                log.line(format!("# covflow: attempt {attempt} failed: {e}"));
+                if cancel.is_cancelled() || attempt > retries {
+                    return Err(fail(e.to_string(), &log));
+                }
+            }
+        }
+    }
+}
+
+/// Which tasks a run considers.
+#[derive(Clone, Debug, Default)]
+pub enum Selection {
+    /// Every task.
+    #[default]
+    All,
+    /// The tasks of a stage and everything upstream of them (`--until`).
+    Until(String),
+    /// Only the tasks of a stage; their inputs must be cached (`--only`).
+    Only(String),
+}
+
+/// Options of a local run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Tasks running at once.
+    pub jobs: usize,
+    /// Keep running independent tasks after a failure.
+    pub keep_going: bool,
+    /// Extra attempts of a failed task.
+    pub retries: u32,
+    /// Stages to re-run even if cached.
+    pub force: BTreeSet<String>,
+    /// Which tasks.
+    pub selection: Selection,
+    /// GPU slots (tasks with `resources.gpu` share them).
+    pub gpus: u32,
+    /// CPU cores tasks may declare in total.
+    pub cpus: u32,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Self {
+            jobs: cpus,
+            keep_going: false,
+            retries: 0,
+            force: BTreeSet::new(),
+            selection: Selection::All,
+            gpus: 1,
+            cpus: cpus as u32,
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// Errors that stop a run before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--until`/`--only`/`stage run` named a stage or item that does not exist.
+    #[error("{0}")]
+    NoSuchTask(String),
+    /// `--only` or `stage run` on a task whose inputs are not in the cache.
+    #[error(
+        "the inputs of {task} are not in the cache: {missing}\n  help: run the upstream stages first (`covflow run FILE --until STAGE`)"
+    )]
+    MissingInputs {
+        /// The task.
+        task: String,
+        /// The upstream tasks that must run first.
+        missing: String,
+    },
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] covflow_cache::CacheError),
+}
+
+#[derive(Clone, Debug)]
+enum Status {
+    Waiting(usize),
+    Running,
+    Done(Upstream),
+    Failed,
+    Skipped,
+}
+
+/// Inputs of task `n` from finished upstream tasks, when all are finished.
+fn upstream(wf: &Workflow, n: NodeIndex, status: &[Status]) -> Option<Vec<Upstream>> {
+    wf.graph.graph[n]
+        .inputs
+        .iter()
+        .map(|i| match &status[i.index()] {
+            Status::Done(u) => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs the selected tasks on this machine: independent tasks run concurrently within `jobs`,
+/// the GPU slots and the CPU cores; a failure skips the tasks that depend on it and (unless
+/// `keep_going`) stops the run; Ctrl-C cancels it cleanly.
+pub async fn run_local(
+    wf: Arc<Workflow>,
+    opts: RunOptions,
+    cancel: CancelToken,
+) -> Result<RunReport, RunError> {
+    let g = &wf.graph;
+    let count = g.graph.node_count();
+    let selected: Vec<bool> = match &opts.selection {
+        Selection::All => vec![true; count],
+        Selection::Until(s) | Selection::Only(s) => {
+            let tasks = g.tasks_of(s);
+            if tasks.is_empty() {
+                return Err(RunError::NoSuchTask(format!(
+                    "no stage `{s}` in {}",
+                    wf.pipeline.path.display()
+                )));
+            }
+            if matches!(opts.selection, Selection::Until(_)) {
+                g.ancestors(&tasks)
+            } else {
+                let mut v = vec![false; count];
+                for t in tasks {
+                    v[t.index()] = true;
+                }
+                v
+            }
+        }
+    };
+
+    let mut status: Vec<Status> = vec![Status::Skipped; count];
+    if matches!(opts.selection, Selection::Only(_)) {
+        // Unselected inputs must come from the cache.
+        let plan = wf.plan(&BTreeSet::new())?;
+        for p in &plan {
+            if !selected[p.node.index()] && p.state == TaskState::Cached {
+                let key = p.key.expect("cached tasks have keys");
+                if let Some(a) = wf.store.get(&key)? {
+                    status[p.node.index()] = Status::Done(Upstream {
+                        digest: a.manifest.digest.clone(),
+                        key,
+                        dir: a.data_dir(),
+                    });
+                }
+            }
+        }
+        let mut missing = BTreeSet::new();
+        for &n in &g.order {
+            if selected[n.index()] {
+                for &i in &g.graph[n].inputs {
+                    if !selected[i.index()] && !matches!(status[i.index()], Status::Done(_)) {
+                        missing.insert(g.label(i));
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(RunError::MissingInputs {
+                task: format!("stage `{}`", selected_stage(&opts.selection)),
+                missing: missing.into_iter().collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
+
+    let mut ready: VecDeque<NodeIndex> = VecDeque::new();
+    for &n in &g.order {
+        if !selected[n.index()] {
+            continue;
+        }
+        let waiting = g.graph[n]
+            .inputs
+            .iter()
+            .filter(|i| selected[i.index()])
+            .count();
+        status[n.index()] = Status::Waiting(waiting);
+        if waiting == 0 {
+            ready.push_back(n);
+        }
+    }
+    let total = selected.iter().filter(|s| **s).count();
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let mut outcomes: Vec<Option<TaskReport>> = vec![None; count];
+    let mut join = tokio::task::JoinSet::new();
+    let (mut running, mut gpu_used, mut cpu_used) = (0usize, 0u32, 0u32);
+    let mut stopping = false;
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+
+    let release = |n: NodeIndex, status: &mut Vec<Status>, ready: &mut VecDeque<NodeIndex>| {
+        for d in g.graph.neighbors_directed(n, petgraph::Direction::Outgoing) {
+            if !selected[d.index()] {
+                continue;
+            }
+            if let Status::Waiting(k) = &mut status[d.index()] {
+                // An input listed twice (a gather of the same task) still counts once per edge.
+                let edges = g.graph.edges_connecting(n, d).count();
+                *k = k.saturating_sub(edges);
+                if *k == 0 {
+                    ready.push_back(d);
+                }
+            }
+        }
+    };
+
+    loop {
+        // Start what fits; serve cached tasks at once.
+        let mut i = 0;
+        while !stopping && !cancel.is_cancelled() && i < ready.len() {
+            let n = ready[i];
+            let inputs = upstream(&wf, n, &status).expect("ready tasks have finished inputs");
+            let stage_name = g.stage_name(n).to_string();
+            let force = opts.force.contains(&stage_name);
+            if !force {
+                let digests: Vec<String> = inputs.iter().map(|u| u.digest.clone()).collect();
+                let key = wf.material(n, &digests).key();
+                if let Some(a) = wf.store.get(&key)? {
+                    ready.remove(i);
+                    status[n.index()] = Status::Done(Upstream {
+                        digest: a.manifest.digest.clone(),
+                        key,
+                        dir: a.data_dir(),
+                    });
+                    outcomes[n.index()] = Some(TaskReport {
+                        stage: stage_name,
+                        item: g.item_id(n).map(str::to_string),
+                        state: Outcome::Cached,
+                        key: Some(key),
+                        error: None,
+                        log_tail: None,
+                    });
+                    bar.inc(1);
+                    release(n, &mut status, &mut ready);
+                    continue;
+                }
+            }
+            let res = &wf.pipeline.stages[g.graph[n].stage].resources;
+            let need_cpu = res.cpus.max(1);
+            let need_gpu = res.gpu;
+            let fits = running < opts.jobs.max(1)
+                && cpu_used + need_cpu <= opts.cpus.max(1)
+                && gpu_used + need_gpu <= opts.gpus;
+            // A task bigger than the machine still runs, alone, rather than never.
+            if !fits && running > 0 {
+                i += 1;
+                continue;
+            }
+            ready.remove(i);
+            running += 1;
+            cpu_used += need_cpu;
+            gpu_used += need_gpu;
+            status[n.index()] = Status::Running;
+            bar.set_message(g.label(n));
+            tracing::info!(task = %g.label(n), "running");
+            let wf2 = wf.clone();
+            let cancel2 = cancel.clone();
+            let retries = opts.retries;
+            join.spawn_blocking(move || {
+                let r = run_task(&wf2, n, &inputs, force, retries, &cancel2);
+                (n, need_cpu, need_gpu, r)
+            });
+        }
+        if running == 0 {
+            break;
+        }
+        tokio::select! {
+            done = join.join_next() => {
+                let Some(done) = done else { break };
+                let (n, c, gp, result) = match done {
+                    Ok(v) => v,
+                    Err(e) => panic!("a task thread panicked: {e}"),
+                };
+                running -= 1;
+                cpu_used -= c;
+                gpu_used -= gp;
+                bar.inc(1);
+                let stage = g.stage_name(n).to_string();
+                let item = g.item_id(n).map(str::to_string);
+                match result {
+                    Ok((outcome, material, up)) => {
+                        tracing::info!(task = %g.label(n), state = ?outcome, key = %up.key.short(), "finished");
+                        outcomes[n.index()] = Some(TaskReport {
+                            stage, item, state: outcome, key: Some(material.key()), error: None, log_tail: None,
+                        });
+                        status[n.index()] = Status::Done(up);
+                        release(n, &mut status, &mut ready);
+                    }
+                    Err(f) => {
+                        tracing::error!(task = %g.label(n), error = %f.message, "failed");
+                        let digests: Option<Vec<String>> = upstream(&wf, n, &status)
+                            .map(|u| u.into_iter().map(|x| x.digest).collect());
+                        outcomes[n.index()] = Some(TaskReport {
+                            stage, item, state: Outcome::Failed,
+                            key: digests.map(|d| wf.material(n, &d).key()),
+                            error: Some(f.message), log_tail: Some(f.log_tail),
+                        });
+                        status[n.index()] = Status::Failed;
+                        if !opts.keep_going {
+                            stopping = true;
+                        }
+                    }
+                }
+            }
+            _ = &mut ctrl_c, if !cancel.is_cancelled() => {
+                tracing::warn!("interrupted: cancelling running tasks");
+                cancel.cancel();
+                stopping = true;
+            }
+        }
+    }
+    bar.finish_and_clear();
+
+    let mut report = RunReport {
+        tasks: Vec::new(),
+        cancelled: cancel.is_cancelled(),
+    };
+    for &n in &g.order {
+        if !selected[n.index()] {
+            continue;
+        }
+        report.tasks.push(outcomes[n.index()].take().unwrap_or_else(|| TaskReport {
+            stage: g.stage_name(n).to_string(),
+            item: g.item_id(n).map(str::to_string),
+            state: Outcome::Skipped,
+            key: None,
+            error: None,
+            log_tail: None,
+        }));
+    }
+    Ok(report)
+}
+
+fn selected_stage(s: &Selection) -> &str {
+    match s {
+        Selection::All => "",
+        Selection::Until(x) | Selection::Only(x) => x,
+    }
+}

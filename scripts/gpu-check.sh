@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# GPU checks of covflow, in two halves:
+#
+#   scripts/gpu-check.sh build   here (x86_64, no GPU needed): builds the CUDA binaries into .gpu/
+#   scripts/gpu-check.sh run     on the GPU machine (carry .gpu): runs the benchmarks beside the
+#                                PyTorch reference in the same call and prints one table
+#
+# With the workplace's device tool:  run(command="bash scripts/gpu-check.sh run", carry=[".gpu"])
+# Results (JSON per run, compile/autotune logs) land in $OUT (or /tmp/gpu-check-out).
+#
+# Binaries: .gpu/covflow.gz          burn without autotune and without fusion (covflow's default)
+#           .gpu/covflow-default.gz  burn's own defaults on CUDA (autotune + fusion), if built
+set -u
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+build() {
+    cd "$here" || exit 1
+    mkdir -p .gpu
+    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+    export CUDARC_CUDA_VERSION=13000
+    cargo build --release --features cuda || exit 1
+    # Compressed: the device tool carries at most 64 MiB.
+    strip -o .gpu/covflow target/release/covflow && gzip -f .gpu/covflow
+    if [ "${WITH_DEFAULT:-1}" = 1 ]; then
+        CARGO_TARGET_DIR=target/burn-default cargo build --release --features cuda,autotune,fusion || exit 1
+        strip -o .gpu/covflow-default target/burn-default/release/covflow && gzip -f .gpu/covflow-default
+    fi
+    ls -la .gpu
+}
+
+run() {
+    cd "$here" || exit 1
+    out=${OUT:-/tmp/gpu-check-out}
+    mkdir -p "$out"
+    export CUDA_PATH=/usr/local/cuda LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    work=/tmp/covflow-gpu-check
+    rm -rf "$work" && mkdir -p "$work/logs"
+    results="$work/logs/results.jsonl"
+    mkdir -p "$work/bin"
+    for f in .gpu/*.gz; do
+        gunzip -c "$f" > "$work/bin/$(basename "$f" .gz)" && chmod +x "$work/bin/$(basename "$f" .gz)"
+    done
+    : > "$results"
+
+    # One cubecl configuration per binary: persistent PTX and autotune caches, compilation logger.
+    setup() { # $1 = config dir
+        mkdir -p "$1/ptx" "$1/tune"
+        cat > "$1/cubecl.toml" <<EOF
+[compilation]
+cache = { file = "$1/ptx" }
+
+[compilation.logger]
+level = "basic"
+file = "$1/compile.log"
+
+[autotune]
+cache = { file = "$1/tune" }
+
+[autotune.logger]
+level = "minimal"
+file = "$1/autotune.log"
+EOF
+    }
+
+    # bench NAME CONFIG_DIR TIMEOUT BINARY ARGS...
+    bench() {
+        local name=$1 dir=$2 limit=$3 bin=$4
+        shift 4
+        : > "$dir/compile.log"
+        : > "$dir/autotune.log"
+        local t0 t1 rc json
+        t0=$(date +%s.%N)
+        (cd "$dir" && timeout "$limit" "$bin" bench transunet --device cuda "$@" \
+            > "$work/logs/$name.json" 2> "$work/logs/$name.err")
+        rc=$?
+        t1=$(date +%s.%N)
+        cp "$dir/compile.log" "$work/logs/$name.compile.log"
+        cp "$dir/autotune.log" "$work/logs/$name.autotune.log"
+        local compiled tuned
+        compiled=$(grep -c 'Compiling kernel' "$dir/compile.log")
+        tuned=$(wc -l < "$dir/autotune.log")
+        json=$(tail -n 1 "$work/logs/$name.json")
+        [ -n "$json" ] || json='{}'
+        python3 - "$name" "$rc" "$t0" "$t1" "$compiled" "$tuned" "$json" >> "$results" <<'PY'
+import json, sys
+name, rc, t0, t1, compiled, tuned, js = sys.argv[1:]
+d = json.loads(js)
+d.update(run=name, rc=int(rc), wall_s=float(t1) - float(t0), kernels_compiled=int(compiled),
+         autotune_log_lines=int(tuned))
+print(json.dumps(d))
+PY
+        echo "[$name] rc=$rc compiled=$compiled autotune_lines=$tuned $(tail -n 2 "$work/logs/$name.err" | tr '\n' ' ')"
+        grep -m1 -A4 'panicked' "$work/logs/$name.err" | head -c 800
+    }
+
+    setup "$work/fixed"
+    bench cold-b8 "$work/fixed" 180 "$work/bin/covflow" --batch 8 --steps 20
+    bench warm-b8 "$work/fixed" 60 "$work/bin/covflow" --batch 8 --steps 30
+    bench warm-b32 "$work/fixed" 90 "$work/bin/covflow" --batch 32 --steps 20
+    bench warm2-b32 "$work/fixed" 60 "$work/bin/covflow" --batch 32 --steps 20
+
+    echo "[pytorch] reference"
+    (timeout 90 python3 scripts/transunet_ref.py --batch 8 32 --steps 30 \
+        > "$work/logs/pytorch.jsonl" 2> "$work/logs/pytorch.err") || tail -5 "$work/logs/pytorch.err"
+    sed 's/^{/{"run": "pytorch", /' "$work/logs/pytorch.jsonl" >> "$results"
+
+    if [ -x "$work/bin/covflow-default" ]; then
+        setup "$work/default"
+        bench default-cold-b8 "$work/default" "${DEFAULT_LIMIT:-60}" "$work/bin/covflow-default" --batch 8 --steps 5
+    fi
+
+    python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print()
+print(f"{'run':<18}{'impl':<22}{'batch':>6}{'first step s':>14}{'step ms':>10}{'infer ms':>10}{'kernels':>9}{'loss first→last':>22}")
+for r in rows:
+    impl = r.get("impl") or ("burn-" + r.get("device", "?"))
+    fs = r.get("first_step_s"); st = r.get("median_step_ms"); inf = r.get("median_inference_ms")
+    f = lambda v, p: "-" if v is None else f"{v:.{p}f}"
+    loss = "-" if r.get("loss_first") is None else f"{r['loss_first']:.3f}→{r['loss_last']:.3f}"
+    note = "" if r.get("rc", 0) == 0 else f"  (rc {r['rc']}: timed out or failed after {r.get('wall_s', 0):.0f} s)"
+    print(f"{r['run']:<18}{impl:<22}{r.get('batch', '-'):>6}{f(fs, 2):>14}{f(st, 2):>10}{f(inf, 2):>10}{r.get('kernels_compiled', '-'):>9}{loss:>22}{note}")
+PY
+    tar -C "$work" -czf "$out/gpu-check-logs.tar.gz" logs
+    cp "$results" "$out/results.jsonl"
+}
+
+case "${1:-}" in
+    build) build ;;
+    run) run ;;
+    *) echo "usage: $0 build|run" >&2; exit 2 ;;
+esac

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""PyTorch eager reference for `covflow bench transunet` (run on the GPU machine by gpu-check.sh).
+
+The seed TransUNet (transunet_pytorch by mkara44, MIT; seed configuration, 66 870 129 parameters)
+with attention divided by sqrt(d_k) as covflow does, a projection head on the pooled bottleneck,
+and the same three losses (contrastive tau=0.06 w=1.5, MSE, sensitivity BCE beta=2), Adam 5e-5.
+Prints one JSON object per configuration, in the shape covflow's bench prints.
+"""
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class EncoderBottleneck(nn.Module):
+    def __init__(self, i, o, stride=1):
+        super().__init__()
+        self.downsample = nn.Sequential(nn.Conv2d(i, o, 1, stride=stride, bias=False), nn.BatchNorm2d(o))
+        self.conv1 = nn.Conv2d(i, o, 1, bias=False)
+        self.norm1 = nn.BatchNorm2d(o)
+        self.conv2 = nn.Conv2d(o, o, 3, stride=2, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(o)
+        self.conv3 = nn.Conv2d(o, o, 1, bias=False)
+        self.norm3 = nn.BatchNorm2d(o)
+
+    def forward(self, x):
+        d = self.downsample(x)
+        x = F.relu(self.norm1(self.conv1(x)))
+        x = F.relu(self.norm2(self.conv2(x)))
+        x = self.norm3(self.conv3(x))
+        return F.relu(x + d)
+
+
+class DecoderBottleneck(nn.Module):
+    def __init__(self, i, o):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.layer = nn.Sequential(
+            nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+            nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+
+    def forward(self, x, skip=None):
+        x = self.up(x)
+        if skip is not None:
+            x = torch.cat([skip, x], dim=1)
+        return self.layer(x)
+
+
+class MHA(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.h = heads
+        self.dk = (dim // heads) ** 0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x):
+        b, t, e = x.shape
+        d = e // self.h
+        qkv = self.qkv(x).reshape(b, t, d, 3, self.h).permute(3, 0, 4, 1, 2)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        a = torch.softmax(q @ k.transpose(-1, -2) / self.dk, dim=-1)
+        return self.out((a @ v).transpose(1, 2).reshape(b, t, e))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, mlp):
+        super().__init__()
+        self.attn = MHA(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Dropout(0.1), nn.Linear(mlp, dim), nn.Dropout(0.1))
+        self.ln1 = nn.LayerNorm(dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        x = self.ln1(x + self.drop(self.attn(x)))
+        return self.ln2(x + self.mlp(x))
+
+
+class TransUNet(nn.Module):
+    def __init__(self, img_dim=128, in_ch=1, oc=128, heads=4, mlp=512, blocks=8, patch=16, classes=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, oc, 7, stride=2, padding=3, bias=False)
+        self.norm1 = nn.BatchNorm2d(oc)
+        self.enc1 = EncoderBottleneck(oc, 2 * oc, 2)
+        self.enc2 = EncoderBottleneck(2 * oc, 4 * oc, 2)
+        self.enc3 = EncoderBottleneck(4 * oc, 8 * oc, 2)
+        self.g = img_dim // patch
+        t = self.g * self.g
+        self.proj = nn.Linear(8 * oc, 8 * oc)
+        self.embedding = nn.Parameter(torch.rand(t + 1, 8 * oc))
+        self.cls = nn.Parameter(torch.randn(1, 1, 8 * oc))
+        self.drop = nn.Dropout(0.1)
+        self.blocks = nn.Sequential(*[Block(8 * oc, heads, mlp) for _ in range(blocks)])
+        self.conv2 = nn.Conv2d(8 * oc, 4 * oc, 3, padding=1)
+        self.norm2 = nn.BatchNorm2d(4 * oc)
+        self.dec1 = DecoderBottleneck(8 * oc, 2 * oc)
+        self.dec2 = DecoderBottleneck(4 * oc, oc)
+        self.dec3 = DecoderBottleneck(2 * oc, oc // 2)
+        self.dec4 = DecoderBottleneck(oc // 2, oc // 8)
+        self.head = nn.Conv2d(oc // 8, classes, 1)
+
+    def forward(self, x):
+        x1 = F.relu(self.norm1(self.conv1(x)))
+        x2 = self.enc1(x1)
+        x3 = self.enc2(x2)
+        x4 = self.enc3(x3)
+        b, c, h, w = x4.shape
+        tok = self.proj(x4.flatten(2).transpose(1, 2))
+        tok = torch.cat([self.cls.expand(b, 1, c), tok], 1) + self.embedding[: h * w + 1]
+        tok = self.blocks(self.drop(tok))[:, 1:]
+        m = tok.transpose(1, 2).reshape(b, c, h, w)
+        bott = F.relu(self.norm2(self.conv2(m)))
+        y = self.dec1(bott, x3)
+        y = self.dec2(y, x2)
+        y = self.dec3(y, x1)
+        y = self.dec4(y)
+        return self.head(y), bott
+
+
+def contrastive(z, labels, tau=0.06, w=1.5):
+    f = F.normalize(z, dim=1)
+    s = torch.exp((f @ f.T - 1.0) / tau)
+    same = (labels[:, None] == labels[None, :]).float()
+    eye = torch.eye(len(labels), device=z.device)
+    pos = w * (s * (same - eye)).sum(1)
+    neg = (s * (1 - same)).sum(1)
+    return (-torch.log((pos / (pos + neg).clamp_min(1e-30)).clamp_min(1e-30))).mean()
+
+
+def sensitivity(p, t, beta=2.0):
+    bce = F.binary_cross_entropy_with_logits(p, t, reduction="none")
+    return (bce * (1 + beta * (1 - torch.sigmoid(p)) * t)).mean()
+
+
+def bench(batch, steps, tf32):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.manual_seed(7)
+    dev = "cuda"
+    net = TransUNet().to(dev)
+    head = nn.Linear(512, 128).to(dev)
+    params = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.Adam(list(net.parameters()) + list(head.parameters()), lr=5e-5)
+    x = torch.rand(batch, 1, 128, 128, device=dev)
+    t = (torch.rand(batch, 1, 128, 128, device=dev) > 0.9).float()
+    labels = torch.arange(batch, device=dev) % 2
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        logits, bott = net(x)
+        z = head(bott.mean(dim=(2, 3)))
+        loss = contrastive(z, labels) + F.mse_loss(torch.sigmoid(logits), t) + sensitivity(logits, t)
+        loss.backward()
+        opt.step()
+        v = loss.item()
+        torch.cuda.synchronize()
+        return v
+
+    t0 = time.perf_counter()
+    first_loss = step()
+    first = time.perf_counter() - t0
+    times = []
+    last = first_loss
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        last = step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    net.eval()
+    inf = []
+    with torch.no_grad():
+        for i in range(21):
+            t0 = time.perf_counter()
+            net(x)[0].sum().item()
+            if i:
+                inf.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "impl": "pytorch-eager" + ("-tf32" if tf32 else "-fp32"),
+        "torch": torch.__version__,
+        "batch": batch,
+        "params": params,
+        "first_step_s": first,
+        "median_step_ms": sorted(times)[len(times) // 2],
+        "median_inference_ms": sorted(inf)[len(inf) // 2],
+        "loss_first": first_loss,
+        "loss_last": last,
+    }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--steps", type=int, default=30)
+    a = ap.parse_args()
+    for b in a.batch:
+        for tf32 in (False, True):
+            print(json.dumps(bench(b, a.steps, tf32)), flush=True)

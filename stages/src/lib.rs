@@ -1,0 +1,16 @@
+//! covflow's stage kinds, one module each, and the models they train.
+
+pub mod bench;
+pub mod models;
+
+use covflow_kernels::Device;
+
+/// Errors of the stage kinds.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The binary lacks the runtime for a device.
+    #[error(
+        "this covflow was built without {0} support\n  help: rebuild with `cargo build --release --features {0}` or pass --device cpu"
+    )]
+    DeviceNotBuilt(Device),
+}

@@ -1,0 +1,11 @@
+//! The networks covflow trains, generic over the burn backend.
+
+mod losses;
+mod train;
+mod transunet;
+mod upsample;
+
+pub use losses::{contrastive, mse, sensitivity_bce};
+pub use train::{LossConfig, SegmentationLearner, TrainingBench, bench_training};
+pub use transunet::{TransUNet, TransUNetConfig, TransUNetOutput};
+pub use upsample::{interpolation_matrix, upsample2x_bilinear};

@@ -1,0 +1,116 @@
+//! Bilinear ×2 upsampling with `align_corners = true`, in a differentiable form.
+//!
+//! burn 0.21 has no backward for bilinear `interpolate`, so the TransUNet decoder uses the exact
+//! separable form `Y = A_h · X · A_wᵀ`, where `A_n` is the `2n × n` interpolation matrix. Each
+//! step is a plain matmul, which every backend differentiates; the result equals PyTorch's
+//! `nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)` up to rounding.
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+/// The `out × n` matrix that maps `n` samples to `out` samples by linear interpolation with
+/// `align_corners = true` (row-major).
+///
+/// ```
+/// let a = covflow_stages::models::interpolation_matrix(2, 4);
+/// // Ends map to ends; inner rows mix the two neighbours.
+/// assert_eq!(&a[0..2], &[1.0, 0.0]);
+/// assert_eq!(&a[6..8], &[0.0, 1.0]);
+/// assert!((a[2] - 2.0 / 3.0).abs() < 1e-6);
+/// ```
+pub fn interpolation_matrix(n: usize, out: usize) -> Vec<f32> {
+    let mut a = vec![0f32; out * n];
+    if n == 1 {
+        for r in 0..out {
+            a[r] = 1.0;
+        }
+        return a;
+    }
+    let scale = (n - 1) as f64 / (out - 1).max(1) as f64;
+    for r in 0..out {
+        let src = r as f64 * scale;
+        let i0 = (src.floor() as usize).min(n - 1);
+        let i1 = (i0 + 1).min(n - 1);
+        let frac = (src - i0 as f64) as f32;
+        a[r * n + i0] += 1.0 - frac;
+        a[r * n + i1] += frac;
+    }
+    a
+}
+
+/// Bilinear ×2 upsampling (align_corners) of `[N, C, H, W]` to `[N, C, 2H, 2W]`.
+pub fn upsample2x_bilinear<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let device = x.device();
+    let a_w_t = Tensor::<B, 2>::from_data(
+        TensorData::new(interpolation_matrix(w, 2 * w), [2 * w, w]),
+        &device,
+    )
+    .transpose();
+    let a_h_t = Tensor::<B, 2>::from_data(
+        TensorData::new(interpolation_matrix(h, 2 * h), [2 * h, h]),
+        &device,
+    )
+    .transpose();
+    // Along W: rows of length W times A_wᵀ.
+    let y = x.reshape([n * c * h, w]).matmul(a_w_t);
+    // Along H: bring H last, multiply, bring it back.
+    let y = y
+        .reshape([n * c, h, 2 * w])
+        .swap_dims(1, 2)
+        .reshape([n * c * 2 * w, h])
+        .matmul(a_h_t);
+    y.reshape([n * c, 2 * w, 2 * h])
+        .swap_dims(1, 2)
+        .reshape([n, c, 2 * h, 2 * w])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    /// Plain per-pixel reference of PyTorch's bilinear align_corners upsampling.
+    fn reference(x: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let (oh, ow) = (2 * h, 2 * w);
+        let sy = (h - 1) as f32 / (oh - 1) as f32;
+        let sx = (w - 1) as f32 / (ow - 1) as f32;
+        let mut out = vec![0f32; oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let fy = oy as f32 * sy;
+                let fx = ox as f32 * sx;
+                let (y0, x0) = (fy.floor() as usize, fx.floor() as usize);
+                let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+                let (ty, tx) = (fy - y0 as f32, fx - x0 as f32);
+                let v = |y: usize, x: usize| x[y * w + x];
+                out[oy * ow + ox] = (1.0 - ty) * ((1.0 - tx) * v(y0, x0) + tx * v(y0, x1))
+                    + ty * ((1.0 - tx) * v(y1, x0) + tx * v(y1, x1));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_per_pixel_reference_on_random_input() {
+        let (h, w) = (5, 7);
+        let mut state = 0x2545_f491_u32;
+        let data: Vec<f32> = (0..2 * h * w)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect();
+        let device = Default::default();
+        let x = Tensor::<NdArray, 4>::from_data(TensorData::new(data.clone(), [1, 2, h, w]), &device);
+        let y: Vec<f32> = upsample2x_bilinear(x).into_data().to_vec().unwrap();
+        for ch in 0..2 {
+            let want = reference(&data[ch * h * w..(ch + 1) * h * w], h, w);
+            let got = &y[ch * 4 * h * w..(ch + 1) * 4 * h * w];
+            for (a, b) in want.iter().zip(got) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+        }
+    }
+}
