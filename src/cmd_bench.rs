@@ -1,10 +1,9 @@
 //! `covflow bench ...`
 
-use std::process::ExitCode;
-
-use anyhow::Result;
 use clap::Subcommand;
 use covflow_kernels::Device;
+
+use crate::Failure;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -24,9 +23,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         width_div: usize,
     },
+    /// Hash files the way the cache does (blake3, parallel, mmap for large files); prints GB/s.
+    Hash {
+        /// Files to hash.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Repetitions (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
 }
 
-pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
     match cmd {
         BenchCommand::Transunet {
             device,
@@ -40,6 +48,28 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
             json["width_div"] = width_div.into();
             println!("{}", serde_json::to_string(&json)?);
         }
+        BenchCommand::Hash { files, repeat } => {
+            let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+            let mut best = f64::INFINITY;
+            let mut bytes = 0;
+            for _ in 0..repeat.max(1) {
+                let t = std::time::Instant::now();
+                bytes = 0;
+                for r in covflow_cache::hash_files(&paths) {
+                    bytes += r?.1;
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "{}",
+                serde_json::json!({"bytes": bytes, "seconds": best, "gb_per_s": bytes as f64 / best / 1e9,
+                    "threads": rayon_threads()})
+            );
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

@@ -300,6 +300,21 @@ impl Store {
         let _ = fs::remove_dir_all(self.root.join("work").join(key.to_hex()));
     }
 
+    /// A fresh directory under `ROOT/tmp` for work that is compared, never stored
+    /// (`audit --reexecute`). The caller removes it.
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("scratch.{}.{nanos}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(dir)
+    }
+
     /// Abandons a staging directory.
     pub fn discard(&self, staging: Staging) {
         let _ = fs::remove_dir_all(&staging.dir);
@@ -327,28 +342,20 @@ impl Store {
         replace: bool,
     ) -> Result<Artifact> {
         let data = staging.data_dir();
-        let mut rel_paths = Vec::new();
-        let mut dirs = vec![data.clone()];
-        walk(&data, &data, &mut rel_paths, &mut dirs)?;
-        rel_paths.sort();
-
-        let entries: Vec<FileEntry> = rel_paths
+        let entries = scan_dir(&data)?;
+        entries
             .par_iter()
-            .map(|rel| {
-                let path = data.join(rel);
-                let (blake3, size) = hash_file(&path).map_err(io_err(&path))?;
+            .map(|f| {
+                let path = data.join(&f.path);
                 let file = File::open(&path).map_err(io_err(&path))?;
                 file.sync_all().map_err(io_err(&path))?;
                 let mut perms = file.metadata().map_err(io_err(&path))?.permissions();
                 perms.set_readonly(true);
-                fs::set_permissions(&path, perms).map_err(io_err(&path))?;
-                Ok(FileEntry {
-                    path: rel.clone(),
-                    size,
-                    blake3,
-                })
+                fs::set_permissions(&path, perms).map_err(io_err(&path))
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<()>>()?;
+        let mut dirs = vec![data.clone()];
+        walk(&data, &data, &mut Vec::new(), &mut dirs)?;
 
         let log_tail = tail(log, 1 << 20);
         let manifest = Manifest {
@@ -491,6 +498,13 @@ impl Store {
         let tmp = self.root.join("tmp");
         for e in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("trash.") || name.starts_with("scratch.") {
+                report.stale_tmp += 1;
+                if !dry_run {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+                continue;
+            }
             let Some(key) = name.get(..64).and_then(|h| h.parse::<CacheKey>().ok()) else {
                 continue;
             };
@@ -521,6 +535,26 @@ impl Store {
     pub fn read_note(&self, name: &str) -> Option<Vec<u8>> {
         fs::read(self.note_path(name)).ok()
     }
+}
+
+/// Every regular file under `dir` with its size and blake3, sorted by path (hashed in parallel).
+/// Symbolic links and special files are refused.
+pub fn scan_dir(dir: &Path) -> Result<Vec<FileEntry>> {
+    let mut rel_paths = Vec::new();
+    walk(dir, dir, &mut rel_paths, &mut Vec::new())?;
+    rel_paths.sort();
+    rel_paths
+        .par_iter()
+        .map(|rel| {
+            let path = dir.join(rel);
+            let (blake3, size) = hash_file(&path).map_err(io_err(&path))?;
+            Ok(FileEntry {
+                path: rel.clone(),
+                size,
+                blake3,
+            })
+        })
+        .collect()
 }
 
 fn walk(base: &Path, dir: &Path, files: &mut Vec<String>, dirs: &mut Vec<PathBuf>) -> Result<()> {

@@ -568,3 +568,59 @@ fn selected_stage(s: &Selection) -> &str {
         Selection::Until(x) | Selection::Only(x) => x,
     }
 }
+
+/// Runs a task again in a scratch directory and returns the content digest of what it wrote,
+/// without storing anything (`covflow audit --reexecute`).
+pub fn reexecute(
+    wf: &Workflow,
+    n: NodeIndex,
+    inputs: &[Upstream],
+    cancel: &CancelToken,
+) -> Result<String, TaskFailure> {
+    let log = TaskLog::default();
+    let fail = |message: String, log: &TaskLog| TaskFailure {
+        message,
+        log_tail: log.tail(20),
+    };
+    let t = &wf.graph.graph[n];
+    let decl = &wf.pipeline.stages[t.stage];
+    let stage = wf.registry.stage(&decl.uses).expect("checked at load");
+    let scratch = wf.store.scratch_dir().map_err(|e| fail(e.to_string(), &log))?;
+    let out_dir = scratch.join("data");
+    let work_dir = scratch.join("work");
+    for d in [&out_dir, &work_dir] {
+        std::fs::create_dir_all(d).map_err(|e| fail(format!("{}: {e}", d.display()), &log))?;
+    }
+    let task_inputs: Vec<Input> = t
+        .inputs
+        .iter()
+        .zip(inputs)
+        .map(|(&i, u)| Input {
+            stage: wf.graph.stage_name(i).to_string(),
+            item: wf.graph.item_id(i).map(str::to_string),
+            dir: u.dir.clone(),
+        })
+        .collect();
+    let ctx = TaskContext {
+        pipeline_dir: &wf.pipeline.dir,
+        stage: &decl.name,
+        item: t.item.as_ref(),
+        params: &decl.with,
+        inputs: &task_inputs,
+        out_dir: &out_dir,
+        work_dir: &work_dir,
+        device: &wf.device,
+        log: &log,
+        cancel,
+    };
+    let result = stage
+        .run(&ctx)
+        .map_err(|e| fail(e.to_string(), &log))
+        .and_then(|()| {
+            covflow_cache::scan_dir(&out_dir)
+                .map(|files| covflow_cache::content_digest(&files))
+                .map_err(|e| fail(e.to_string(), &log))
+        });
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}

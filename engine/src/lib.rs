@@ -31,7 +31,7 @@ pub use builtin::{CountSource, ExecStage, GlobSource, ListSource};
 pub use error::{Location, SpecError, locate};
 pub use execute::{
     Outcome, RunError, RunOptions, RunReport, Selection, TaskFailure, TaskReport, Upstream,
-    run_local, run_task,
+    reexecute, run_local, run_task,
 };
 pub use graph::{TaskGraph, TaskNode};
 pub use plan::{InputRef, KeyMaterial, PlannedTask, TaskState, Workflow};

@@ -3,7 +3,11 @@
 pub mod bench;
 pub mod models;
 
+use covflow_engine::Registry;
 use covflow_kernels::Device;
+
+/// Registers this crate's stage kinds and dataset sources.
+pub fn register(_registry: &mut Registry) {}
 
 /// Errors of the stage kinds.
 #[derive(Debug, thiserror::Error)]

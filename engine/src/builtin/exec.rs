@@ -3,7 +3,8 @@
 //! `with: {run: "...", shell: bash, env: {K: V}}`. Placeholders in `run`: `{out}` (the output
 //! directory), `{work}` (a work directory that survives a killed run), `{item}` (the item id),
 //! `{item.ATTR}` (an item attribute, such as `{item.path}`), `{in.STAGE}` (the artifact directory
-//! of an upstream stage; several, space-separated, when it is a fan-out gathered here); `{{` and
+//! of an upstream stage; several, space-separated, when it is a fan-out gathered here, and a path
+//! written right after it applies to each: `{in.s}/v.txt` → `A/v.txt B/v.txt`); `{{` and
 //! `}}` are literal braces. The command runs in the pipeline file's directory.
 
 use std::io::Read;
@@ -126,25 +127,39 @@ impl Stage for ExecStage {
     fn run(&self, ctx: &TaskContext) -> Result<(), StageError> {
         let template = ctx.params["run"].as_str().unwrap_or_default();
         let mut cmd = String::new();
-        for p in parse(template)? {
+        let pieces = parse(template)?;
+        let mut carry: Option<String> = None;
+        for (i, p) in pieces.iter().enumerate() {
             match p {
-                Piece::Text(t) => cmd.push_str(&t),
+                Piece::Text(t) => match carry.take() {
+                    // A path suffix right after `{in.STAGE}` was already applied to every dir.
+                    Some(_) => cmd.push_str(&t[t.find(char::is_whitespace).unwrap_or(t.len())..]),
+                    None => cmd.push_str(t),
+                },
                 Piece::Out => cmd.push_str(&ctx.out_dir.to_string_lossy()),
                 Piece::Work => cmd.push_str(&ctx.work_dir.to_string_lossy()),
                 Piece::Item => cmd.push_str(ctx.item.map(|i| i.id.as_str()).unwrap_or("")),
                 Piece::ItemAttr(a) => {
                     let item = ctx.item.ok_or("no item")?;
-                    let v = item.attrs.get(&a).ok_or_else(|| {
+                    let v = item.attrs.get(a).ok_or_else(|| {
                         format!("item `{}` has no attribute `{a}`", item.id)
                     })?;
                     cmd.push_str(v);
                 }
                 Piece::In(s) => {
+                    // `{in.s}/file.txt` over a gathered fan-out means every item's file.
+                    let suffix = match pieces.get(i + 1) {
+                        Some(Piece::Text(t)) => {
+                            &t[..t.find(char::is_whitespace).unwrap_or(t.len())]
+                        }
+                        _ => "",
+                    };
                     let dirs: Vec<String> = ctx
-                        .inputs_of(&s)
-                        .map(|i| i.dir.to_string_lossy().into_owned())
+                        .inputs_of(s)
+                        .map(|i| format!("{}{suffix}", i.dir.to_string_lossy()))
                         .collect();
                     cmd.push_str(&dirs.join(" "));
+                    carry = Some(suffix.to_string());
                 }
             }
         }

@@ -1,0 +1,332 @@
+//! `covflow run`, `plan`, `stage run` and `graph`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand, ValueEnum};
+use covflow_engine::{
+    CancelToken, Outcome, RunError, RunOptions, RunReport, Selection, TaskState, Upstream,
+    run_local, run_task,
+};
+use serde_json::json;
+
+use crate::{Failure, PipelineArgs, workflow};
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Executor {
+    /// Run tasks on this machine.
+    Local,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Run this stage and everything upstream of it, nothing downstream.
+    #[arg(long, value_name = "STAGE", conflicts_with = "only")]
+    until: Option<String>,
+    /// Run only this stage; its inputs must be in the cache.
+    #[arg(long, value_name = "STAGE")]
+    only: Option<String>,
+    /// Re-run this stage even if cached (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Tasks at once [default: number of CPUs].
+    #[arg(short, long)]
+    jobs: Option<usize>,
+    /// GPU slots for tasks that declare `resources: {gpu: N}`.
+    #[arg(long, default_value_t = 1)]
+    gpus: u32,
+    /// After a failure, keep running the tasks that do not depend on it.
+    #[arg(long)]
+    keep_going: bool,
+    /// Extra attempts for a failed task.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Where tasks run.
+    #[arg(long, value_enum, default_value_t = Executor::Local)]
+    executor: Executor,
+    /// Print one JSON object at the end (see README).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Plan as if this stage were forced (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Print JSON (see README).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GraphArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StageCommand {
+    /// Run exactly one task. Its inputs must be in the cache; it is cached itself if another
+    /// process made it. This is what SLURM jobs call.
+    Run {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The stage.
+        stage: String,
+        /// The item, for fan-out stages.
+        #[arg(long)]
+        item: Option<String>,
+        /// Re-run even if cached.
+        #[arg(long)]
+        force: bool,
+        /// Print the task's report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn check_stages(wf: &covflow_engine::Workflow, names: &[String]) -> Result<(), Failure> {
+    for n in names {
+        if wf.pipeline.stage(n).is_none() {
+            return Err(Failure::Invalid(format!(
+                "no stage `{n}` in {}\n  help: stages: {}",
+                wf.pipeline.path.display(),
+                wf.pipeline
+                    .stages
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+pub fn run(a: RunArgs) -> Result<(), Failure> {
+    let wf = workflow::load(&a.pipeline)?;
+    let named: Vec<String> = a
+        .force
+        .iter()
+        .chain(a.until.iter())
+        .chain(a.only.iter())
+        .cloned()
+        .collect();
+    check_stages(&wf, &named)?;
+    let mut opts = RunOptions {
+        keep_going: a.keep_going,
+        retries: a.retries,
+        force: a.force.iter().cloned().collect(),
+        gpus: a.gpus,
+        ..RunOptions::default()
+    };
+    if let Some(j) = a.jobs {
+        opts.jobs = j.max(1);
+    }
+    if a.json {
+        opts.progress = false;
+    }
+    opts.selection = match (&a.until, &a.only) {
+        (Some(s), _) => Selection::Until(s.clone()),
+        (_, Some(s)) => Selection::Only(s.clone()),
+        _ => Selection::All,
+    };
+    let Executor::Local = a.executor;
+    let wf = Arc::new(wf);
+    let report = runtime()
+        .block_on(run_local(wf.clone(), opts, CancelToken::default()))
+        .map_err(run_error)?;
+    finish(&report, a.json)
+}
+
+fn run_error(e: RunError) -> Failure {
+    match e {
+        RunError::NoSuchTask(m) => Failure::Invalid(m),
+        other => Failure::Failed(other.to_string()),
+    }
+}
+
+fn finish(report: &RunReport, json: bool) -> Result<(), Failure> {
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        eprintln!(
+            "covflow: {} executed, {} cached, {} failed, {} skipped",
+            report.count(Outcome::Executed),
+            report.count(Outcome::Cached),
+            report.count(Outcome::Failed),
+            report.count(Outcome::Skipped)
+        );
+    }
+    let failed: Vec<_> = report
+        .tasks
+        .iter()
+        .filter(|t| t.state == Outcome::Failed)
+        .collect();
+    if report.cancelled {
+        return Err(Failure::Failed("cancelled (Ctrl-C)".into()));
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let mut msg = String::new();
+    for t in &failed {
+        let label = match &t.item {
+            Some(i) => format!("{}[{i}]", t.stage),
+            None => t.stage.clone(),
+        };
+        msg.push_str(&format!(
+            "task {label} failed: {}\n--- last lines of its log ---\n{}\n---\n",
+            t.error.as_deref().unwrap_or("?"),
+            t.log_tail.as_deref().unwrap_or("")
+        ));
+    }
+    Err(Failure::Failed(msg.trim_end().to_string()))
+}
+
+pub fn plan(a: PlanArgs) -> Result<(), Failure> {
+    let wf = workflow::load(&a.pipeline)?;
+    check_stages(&wf, &a.force)?;
+    let force: BTreeSet<String> = a.force.iter().cloned().collect();
+    let plan = wf.plan(&force)?;
+    if a.json {
+        let tasks: Vec<_> = plan
+            .iter()
+            .map(|p| {
+                let (state, reason) = match &p.state {
+                    TaskState::Cached => ("cached", None),
+                    TaskState::Run(r) => ("run", Some(r.clone())),
+                };
+                json!({
+                    "stage": wf.graph.stage_name(p.node),
+                    "item": wf.graph.item_id(p.node),
+                    "state": state,
+                    "reason": reason,
+                    "key": p.key.map(|k| k.to_hex()),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "tasks": tasks }));
+    } else {
+        let mut to_run = 0;
+        for p in &plan {
+            match &p.state {
+                TaskState::Cached => println!("cached  {}", wf.graph.label(p.node)),
+                TaskState::Run(r) => {
+                    to_run += 1;
+                    println!("run     {}  ({r})", wf.graph.label(p.node));
+                }
+            }
+        }
+        println!(
+            "{} tasks: {} cached, {to_run} to run",
+            plan.len(),
+            plan.len() - to_run
+        );
+    }
+    Ok(())
+}
+
+pub fn graph(a: GraphArgs) -> Result<(), Failure> {
+    let wf = workflow::load(&a.pipeline)?;
+    print!("{}", wf.graph.to_dot(&wf.pipeline.name));
+    Ok(())
+}
+
+pub fn stage(c: StageCommand) -> Result<(), Failure> {
+    let StageCommand::Run {
+        pipeline,
+        stage,
+        item,
+        force,
+        json,
+    } = c;
+    let wf = workflow::load(&pipeline)?;
+    check_stages(&wf, std::slice::from_ref(&stage))?;
+    let Some(node) = wf.graph.find(&stage, item.as_deref()) else {
+        let items: Vec<String> = wf
+            .graph
+            .tasks_of(&stage)
+            .into_iter()
+            .filter_map(|n| wf.graph.item_id(n).map(str::to_string))
+            .collect();
+        return Err(Failure::Invalid(match (&item, items.is_empty()) {
+            (None, false) => format!(
+                "stage `{stage}` fans out over {} items: pass --item ID (e.g. --item {})",
+                items.len(),
+                items[0]
+            ),
+            (Some(i), false) => format!("stage `{stage}` has no item `{i}`"),
+            (Some(_), true) => format!("stage `{stage}` does not fan out: drop --item"),
+            (None, true) => format!("stage `{stage}` has no task"),
+        }));
+    };
+    let plan = wf.plan(&BTreeSet::new())?;
+    let by_node: std::collections::HashMap<_, _> = plan.iter().map(|p| (p.node, p)).collect();
+    let mut inputs = Vec::new();
+    let mut missing = Vec::new();
+    for &i in &wf.graph.graph[node].inputs {
+        let p = by_node[&i];
+        match (&p.state, p.key) {
+            (TaskState::Cached, Some(key)) => {
+                let a = wf
+                    .store
+                    .get(&key)?
+                    .ok_or_else(|| Failure::Failed(format!("artifact {key} vanished")))?;
+                inputs.push(Upstream {
+                    digest: a.manifest.digest.clone(),
+                    key,
+                    dir: a.data_dir(),
+                });
+            }
+            _ => missing.push(wf.graph.label(i)),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Failure::Failed(
+            RunError::MissingInputs {
+                task: wf.graph.label(node),
+                missing: missing.join(", "),
+            }
+            .to_string(),
+        ));
+    }
+    let cancel = CancelToken::default();
+    let result = run_task(&wf, node, &inputs, force, 0, &cancel);
+    match result {
+        Ok((outcome, material, up)) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"stage": stage, "item": item, "state": outcome, "key": material.key().to_hex(), "digest": up.digest})
+                );
+            } else {
+                eprintln!(
+                    "covflow: {} {:?} (key {})",
+                    wf.graph.label(node),
+                    outcome,
+                    up.key.short()
+                );
+            }
+            Ok(())
+        }
+        Err(f) => Err(Failure::Failed(format!(
+            "task {} failed: {}\n--- last lines of its log ---\n{}",
+            wf.graph.label(node),
+            f.message,
+            f.log_tail
+        ))),
+    }
+}
