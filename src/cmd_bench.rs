@@ -71,5 +71,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -281,7 +281,12 @@ pub fn export(a: ExportArgs) -> Result<(), Failure> {
     if wf.pipeline.stage(&a.stage).is_none() {
         return Err(Failure::Invalid(format!("no stage `{}`", a.stage)));
     }
-    if a.dest.exists() && a.dest.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if a.dest.exists()
+        && a.dest
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(Failure::Invalid(format!(
             "{} exists and is not empty\n  help: choose a new destination folder",
             a.dest.display()

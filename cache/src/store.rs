@@ -183,7 +183,9 @@ impl Store {
                 source,
             })?;
         }
-        let probe = root.join("tmp").join(format!(".probe.{}", std::process::id()));
+        let probe = root
+            .join("tmp")
+            .join(format!(".probe.{}", std::process::id()));
         File::create(&probe)
             .and_then(|_| fs::remove_file(&probe))
             .map_err(|source| CacheError::NotWritable {
@@ -487,10 +489,11 @@ impl Store {
             report.removed.push(key);
             if !dry_run {
                 // Rename first so a half-deleted artifact is never visible under its key.
-                let trash = self
-                    .root
-                    .join("tmp")
-                    .join(format!("trash.{}.{}", key.to_hex(), std::process::id()));
+                let trash = self.root.join("tmp").join(format!(
+                    "trash.{}.{}",
+                    key.to_hex(),
+                    std::process::id()
+                ));
                 fs::rename(&dir, &trash).map_err(io_err(&dir))?;
                 fs::remove_dir_all(&trash).map_err(io_err(&trash))?;
             }

@@ -153,7 +153,9 @@ pub fn run_task(
             dir: u.dir.clone(),
         })
         .collect();
-    let work = store.work_dir(&key).map_err(|e| fail(e.to_string(), &log))?;
+    let work = store
+        .work_dir(&key)
+        .map_err(|e| fail(e.to_string(), &log))?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -550,14 +552,16 @@ pub async fn run_local(
         if !selected[n.index()] {
             continue;
         }
-        report.tasks.push(outcomes[n.index()].take().unwrap_or_else(|| TaskReport {
-            stage: g.stage_name(n).to_string(),
-            item: g.item_id(n).map(str::to_string),
-            state: Outcome::Skipped,
-            key: None,
-            error: None,
-            log_tail: None,
-        }));
+        report
+            .tasks
+            .push(outcomes[n.index()].take().unwrap_or_else(|| TaskReport {
+                stage: g.stage_name(n).to_string(),
+                item: g.item_id(n).map(str::to_string),
+                state: Outcome::Skipped,
+                key: None,
+                error: None,
+                log_tail: None,
+            }));
     }
     Ok(report)
 }
@@ -585,7 +589,10 @@ pub fn reexecute(
     let t = &wf.graph.graph[n];
     let decl = &wf.pipeline.stages[t.stage];
     let stage = wf.registry.stage(&decl.uses).expect("checked at load");
-    let scratch = wf.store.scratch_dir().map_err(|e| fail(e.to_string(), &log))?;
+    let scratch = wf
+        .store
+        .scratch_dir()
+        .map_err(|e| fail(e.to_string(), &log))?;
     let out_dir = scratch.join("data");
     let work_dir = scratch.join("work");
     for d in [&out_dir, &work_dir] {

@@ -66,7 +66,9 @@ impl TaskGraph {
                 if up.foreach.is_none() {
                     return Err(SpecError::new(
                         p.location(&["stages", &s.name, "foreach"]),
-                        format!("foreach `{name}`: that stage does not fan out, so it has no items"),
+                        format!(
+                            "foreach `{name}`: that stage does not fan out, so it has no items"
+                        ),
                     )
                     .context(format!("stage `{}`", s.name))
                     .help("fan out over a dataset, or over a stage that has `foreach`"));
@@ -199,9 +201,16 @@ impl TaskGraph {
 
     /// Graphviz DOT of the task graph (one node per task).
     pub fn to_dot(&self, name: &str) -> String {
-        let mut s = format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", name);
+        let mut s = format!(
+            "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
+            name
+        );
         for &n in &self.order {
-            s.push_str(&format!("  n{} [label=\"{}\"];\n", n.index(), self.label(n)));
+            s.push_str(&format!(
+                "  n{} [label=\"{}\"];\n",
+                n.index(),
+                self.label(n)
+            ));
         }
         for e in self.graph.raw_edges() {
             s.push_str(&format!(

@@ -38,6 +38,5 @@ pub use plan::{InputRef, KeyMaterial, PlannedTask, TaskState, Workflow};
 pub use registry::Registry;
 pub use spec::{DatasetDecl, Pipeline, Resources, StageDecl};
 pub use stage::{
-    CancelToken, DatasetSource, Input, Item, Stage, StageError, TaskContext, TaskLog,
-    valid_item_id,
+    CancelToken, DatasetSource, Input, Item, Stage, StageError, TaskContext, TaskLog, valid_item_id,
 };

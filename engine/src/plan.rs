@@ -207,7 +207,10 @@ impl Workflow {
 
     /// The state of every task, in dependency order. `force` names stages to re-run.
     /// Reads the cache; changes nothing.
-    pub fn plan(&self, force: &BTreeSet<String>) -> Result<Vec<PlannedTask>, covflow_cache::CacheError> {
+    pub fn plan(
+        &self,
+        force: &BTreeSet<String>,
+    ) -> Result<Vec<PlannedTask>, covflow_cache::CacheError> {
         let mut out: Vec<Option<PlannedTask>> = vec![None; self.graph.graph.node_count()];
         for &n in &self.graph.order {
             let t = &self.graph.graph[n];

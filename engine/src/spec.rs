@@ -152,11 +152,8 @@ impl Pipeline {
             apply_override(&mut tree, o)?;
         }
         let raw: RawPipeline = serde_yaml::from_value(tree.clone()).map_err(|e| {
-            SpecError::new(
-                loc0(path),
-                format!("after applying --set overrides: {e}"),
-            )
-            .help("check the type of each --set value")
+            SpecError::new(loc0(path), format!("after applying --set overrides: {e}"))
+                .help("check the type of each --set value")
         })?;
         let order = |section: &str| -> Vec<String> {
             tree.get(section)
@@ -203,11 +200,7 @@ impl Pipeline {
             )?;
             let kinds: Vec<&String> = spec
                 .as_object()
-                .map(|o| {
-                    o.keys()
-                        .filter(|k| registry.dataset(k).is_some())
-                        .collect()
-                })
+                .map(|o| o.keys().filter(|k| registry.dataset(k).is_some()).collect())
                 .unwrap_or_default();
             let kind = match kinds.as_slice() {
                 [k] => (*k).clone(),
@@ -266,11 +259,15 @@ impl Pipeline {
                 .help("rename one of them: `foreach` and `needs` refer to both by name"));
             }
             let Some(stage) = registry.stage(&rs.uses) else {
-                return Err(
-                    SpecError::new(here("uses"), format!("unknown stage kind `{}`", rs.uses))
-                        .context(ctx)
-                        .help(format!("known kinds: {}", registry.stage_kinds().join(", "))),
-                );
+                return Err(SpecError::new(
+                    here("uses"),
+                    format!("unknown stage kind `{}`", rs.uses),
+                )
+                .context(ctx)
+                .help(format!(
+                    "known kinds: {}",
+                    registry.stage_kinds().join(", ")
+                )));
             };
             for need in &rs.needs {
                 if !stage_names.contains(need) {
@@ -507,10 +504,7 @@ fn apply_override(tree: &mut serde_yaml::Value, spec: &str) -> Result<(), SpecEr
         ));
     }
     if parts[0] != "params" {
-        let exists = tree
-            .get(parts[0])
-            .and_then(|s| s.get(parts[1]))
-            .is_some();
+        let exists = tree.get(parts[0]).and_then(|s| s.get(parts[1])).is_some();
         if !exists {
             return Err(cli(format!(
                 "`{key}`: there is no {} named `{}`",

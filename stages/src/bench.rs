@@ -1,8 +1,8 @@
 //! Benchmarks of the models on a chosen device (`covflow bench`).
 
 use crate::StageError;
-use covflow_kernels::Device;
 use crate::models::{TrainingBench, TransUNetConfig, bench_training};
+use covflow_kernels::Device;
 
 /// Trains the seed TransUNet for a few steps on `device` and reports first-step and steady-state
 /// times. `width_div` shrinks every width (for CPU smoke runs); 1 is the seed configuration.
@@ -32,7 +32,7 @@ pub fn transunet(
                 bench_training::<B>(&config, &Default::default(), batch, steps, progress)
             }
             #[cfg(not(feature = "cuda"))]
-            return Err(StageError::DeviceNotBuilt(device))
+            return Err(StageError::DeviceNotBuilt(device));
         }
     })
 }

@@ -59,7 +59,9 @@ impl DatasetSource for ListSource {
             .map(|v| match v {
                 Json::String(s) => Ok(Item::named(s)),
                 Json::Number(n) => Ok(Item::named(&n.to_string())),
-                other => Err(format!("list entries must be strings or numbers, not {other}")),
+                other => Err(format!(
+                    "list entries must be strings or numbers, not {other}"
+                )),
             })
             .collect()
     }
@@ -92,7 +94,8 @@ impl DatasetSource for GlobSource {
             .filter(|p| p.is_file())
             .collect();
         paths.sort();
-        let digests = covflow_cache::hash_files(&paths.iter().map(|p| p.as_path()).collect::<Vec<_>>());
+        let digests =
+            covflow_cache::hash_files(&paths.iter().map(|p| p.as_path()).collect::<Vec<_>>());
         let mut items = Vec::new();
         for (p, d) in paths.iter().zip(digests) {
             let (digest, _) = d.map_err(|e| format!("{}: {e}", p.display()))?;

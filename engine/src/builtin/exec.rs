@@ -101,9 +101,10 @@ impl Stage for ExecStage {
             return Err("`shell` must be a string".into());
         }
         if let Some(env) = decl.with.get("env") {
-            let ok = env
-                .as_object()
-                .is_some_and(|o| o.values().all(|v| v.is_string() || v.is_number() || v.is_boolean()));
+            let ok = env.as_object().is_some_and(|o| {
+                o.values()
+                    .all(|v| v.is_string() || v.is_number() || v.is_boolean())
+            });
             if !ok {
                 return Err("`env` must map names to strings".into());
             }
@@ -141,9 +142,10 @@ impl Stage for ExecStage {
                 Piece::Item => cmd.push_str(ctx.item.map(|i| i.id.as_str()).unwrap_or("")),
                 Piece::ItemAttr(a) => {
                     let item = ctx.item.ok_or("no item")?;
-                    let v = item.attrs.get(a).ok_or_else(|| {
-                        format!("item `{}` has no attribute `{a}`", item.id)
-                    })?;
+                    let v = item
+                        .attrs
+                        .get(a)
+                        .ok_or_else(|| format!("item `{}` has no attribute `{a}`", item.id))?;
                     cmd.push_str(v);
                 }
                 Piece::In(s) => {
@@ -163,7 +165,11 @@ impl Stage for ExecStage {
                 }
             }
         }
-        let shell = ctx.params.get("shell").and_then(|s| s.as_str()).unwrap_or("bash");
+        let shell = ctx
+            .params
+            .get("shell")
+            .and_then(|s| s.as_str())
+            .unwrap_or("bash");
         ctx.log.line(format!("$ {cmd}"));
         let mut command = Command::new(shell);
         command
@@ -180,7 +186,10 @@ impl Stage for ExecStage {
         }
         if let Some(env) = ctx.params.get("env").and_then(|e| e.as_object()) {
             for (k, v) in env {
-                let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                let v = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
                 command.env(k, v);
             }
         }
@@ -203,8 +212,18 @@ impl Stage for ExecStage {
                 }
             })
         };
-        let out = pump(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-        let err = pump(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+        let out = pump(
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let err = pump(
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
         let status = loop {
             if let Some(status) = child.try_wait()? {
                 break status;

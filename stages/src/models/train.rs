@@ -91,7 +91,11 @@ pub struct TrainingBench {
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 fn wait<B: Backend>(device: &B::Device) {
@@ -118,9 +122,13 @@ pub fn bench_training<B: AutodiffBackend>(
         Distribution::Uniform(0.0, 1.0),
         device,
     );
-    let masks = Tensor::<B, 4>::random([batch, 1, dim, dim], Distribution::Uniform(0.0, 1.0), device)
-        .greater_elem(0.9)
-        .float();
+    let masks = Tensor::<B, 4>::random(
+        [batch, 1, dim, dim],
+        Distribution::Uniform(0.0, 1.0),
+        device,
+    )
+    .greater_elem(0.9)
+    .float();
     let labels: Vec<u8> = (0..batch).map(|i| (i % 2) as u8).collect();
     let losses = LossConfig::default();
 

@@ -154,9 +154,9 @@ impl<B: Backend> MultiHeadAttention<B> {
             .forward(x)
             .reshape([b, t, d, 3, h])
             .permute([3, 0, 4, 1, 2]); // [3, b, h, t, d]
-        let q = qkv.clone().slice([0..1]).reshape([b, h, t, d]);
-        let k = qkv.clone().slice([1..2]).reshape([b, h, t, d]);
-        let v = qkv.slice([2..3]).reshape([b, h, t, d]);
+        let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, t, d]);
+        let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, t, d]);
+        let v = qkv.narrow(0, 2, 1).reshape([b, h, t, d]);
         let energy = q.matmul(k.transpose()) / (d as f64).sqrt();
         let attention = softmax(energy, 3);
         let y = attention.matmul(v).swap_dims(1, 2).reshape([b, t, e]);
@@ -213,8 +213,7 @@ impl<B: Backend> Vit<B> {
         Self {
             projection: LinearConfig::new(dim, dim).init(device),
             // Uniform [0, 1) and standard normal, as the reference initialises them.
-            embedding: Initializer::Uniform { min: 0.0, max: 1.0 }
-                .init([tokens + 1, dim], device),
+            embedding: Initializer::Uniform { min: 0.0, max: 1.0 }.init([tokens + 1, dim], device),
             cls_token: Initializer::Normal {
                 mean: 0.0,
                 std: 1.0,
@@ -236,7 +235,7 @@ impl<B: Backend> Vit<B> {
         let projected = self.projection.forward(patches);
         let cls = self.cls_token.val().expand([b, 1, c]);
         let tokens = Tensor::cat(vec![cls, projected], 1)
-            + self.embedding.val().slice([0..t + 1]).unsqueeze::<3>();
+            + self.embedding.val().narrow(0, 0, t + 1).unsqueeze::<3>();
         let mut x = self.dropout.forward(tokens);
         for block in &self.blocks {
             x = block.forward(x);

@@ -20,9 +20,7 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 pub fn interpolation_matrix(n: usize, out: usize) -> Vec<f32> {
     let mut a = vec![0f32; out * n];
     if n == 1 {
-        for r in 0..out {
-            a[r] = 1.0;
-        }
+        a.fill(1.0);
         return a;
     }
     let scale = (n - 1) as f64 / (out - 1).max(1) as f64;
@@ -103,7 +101,8 @@ mod tests {
             })
             .collect();
         let device = Default::default();
-        let x = Tensor::<NdArray, 4>::from_data(TensorData::new(data.clone(), [1, 2, h, w]), &device);
+        let x =
+            Tensor::<NdArray, 4>::from_data(TensorData::new(data.clone(), [1, 2, h, w]), &device);
         let y: Vec<f32> = upsample2x_bilinear(x).into_data().to_vec().unwrap();
         for ch in 0..2 {
             let want = reference(&data[ch * h * w..(ch + 1) * h * w], h, w);

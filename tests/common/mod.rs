@@ -1,0 +1,74 @@
+//! Helpers for the end-to-end tests: a scratch directory with a pipeline, and the binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    pub fn covflow(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_covflow"));
+        c.current_dir(self.dir.path());
+        c.env_remove("COVFLOW_CACHE");
+        c
+    }
+
+    /// Runs covflow with `args` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.covflow().args(args).output().expect("spawn covflow")
+    }
+
+    /// Runs covflow with `--json` appended and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a: Vec<&str> = args.to_vec();
+        a.push("--json");
+        let out = self.run(&a);
+        assert!(
+            out.status.success(),
+            "covflow {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// `(stage, item) → state` of a run or plan report.
+pub fn states(report: &serde_json::Value) -> Vec<(String, Option<String>, String)> {
+    report["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| {
+            (
+                t["stage"].as_str().unwrap().to_string(),
+                t["item"].as_str().map(str::to_string),
+                t["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
