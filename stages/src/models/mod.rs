@@ -7,5 +7,5 @@ mod upsample;
 
 pub use losses::{contrastive, mse, sensitivity_bce};
 pub use train::{LossConfig, SegmentationLearner, TrainingBench, bench_training};
-pub use transunet::{TransUNet, TransUNetConfig, TransUNetOutput};
+pub use transunet::{TransUNet, TransUNetConfig, TransUNetOutput, trainable_params};
 pub use upsample::{interpolation_matrix, upsample2x_bilinear};

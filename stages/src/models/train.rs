@@ -114,7 +114,7 @@ pub fn bench_training<B: AutodiffBackend>(
 ) -> TrainingBench {
     B::seed(device, 7);
     let mut learner = SegmentationLearner::<B>::new(config, device);
-    let params = learner.net.num_params();
+    let params = super::transunet::trainable_params(&learner.net);
     let mut optim = AdamConfig::new().init();
     let dim = config.img_dim;
     let slices = Tensor::<B, 4>::random(

@@ -68,7 +68,7 @@ mod tests {
     use burn::backend::NdArray;
 
     /// Plain per-pixel reference of PyTorch's bilinear align_corners upsampling.
-    fn reference(x: &[f32], h: usize, w: usize) -> Vec<f32> {
+    fn reference(src: &[f32], h: usize, w: usize) -> Vec<f32> {
         let (oh, ow) = (2 * h, 2 * w);
         let sy = (h - 1) as f32 / (oh - 1) as f32;
         let sx = (w - 1) as f32 / (ow - 1) as f32;
@@ -80,7 +80,7 @@ mod tests {
                 let (y0, x0) = (fy.floor() as usize, fx.floor() as usize);
                 let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
                 let (ty, tx) = (fy - y0 as f32, fx - x0 as f32);
-                let v = |y: usize, x: usize| x[y * w + x];
+                let v = |y: usize, x: usize| src[y * w + x];
                 out[oy * ow + ox] = (1.0 - ty) * ((1.0 - tx) * v(y0, x0) + tx * v(y0, x1))
                     + ty * ((1.0 - tx) * v(y1, x0) + tx * v(y1, x1));
             }
