@@ -43,23 +43,28 @@ run() {
     done
     : > "$results"
 
-    # One cubecl configuration per binary: persistent PTX and autotune caches, compilation logger.
-    setup() { # $1 = config dir
-        mkdir -p "$1/ptx" "$1/tune"
+    # One cubecl configuration per run kind: persistent PTX and autotune caches (shared by the
+    # runs of one binary), the compilation logger, and optionally the per-kernel profiler.
+    setup() { # $1 = config dir, $2 = cache dir, $3 = profiling level (disabled|basic)
+        mkdir -p "$1" "$2/ptx" "$2/tune"
         cat > "$1/cubecl.toml" <<EOF
 [compilation]
-cache = { file = "$1/ptx" }
+cache = { file = "$2/ptx" }
 
 [compilation.logger]
 level = "basic"
 file = "$1/compile.log"
 
 [autotune]
-cache = { file = "$1/tune" }
+cache = { file = "$2/tune" }
 
 [autotune.logger]
 level = "minimal"
 file = "$1/autotune.log"
+
+[profiling.logger]
+level = "${3:-disabled}"
+file = "$1/profile.log"
 EOF
     }
 
@@ -69,14 +74,14 @@ EOF
         shift 4
         : > "$dir/compile.log"
         : > "$dir/autotune.log"
+        : > "$dir/profile.log"
         local t0 t1 rc json
         t0=$(date +%s.%N)
         (cd "$dir" && timeout "$limit" "$bin" bench transunet --device cuda "$@" \
             > "$work/logs/$name.json" 2> "$work/logs/$name.err")
         rc=$?
         t1=$(date +%s.%N)
-        cp "$dir/compile.log" "$work/logs/$name.compile.log"
-        cp "$dir/autotune.log" "$work/logs/$name.autotune.log"
+        for f in compile autotune profile; do cp "$dir/$f.log" "$work/logs/$name.$f.log"; done
         local compiled tuned
         compiled=$(grep -c 'Compiling kernel' "$dir/compile.log")
         tuned=$(wc -l < "$dir/autotune.log")
@@ -94,19 +99,26 @@ PY
         grep -m1 -A4 'panicked' "$work/logs/$name.err" | head -c 800
     }
 
-    setup "$work/fixed"
-    bench cold-b8 "$work/fixed" 180 "$work/bin/covflow" --batch 8 --steps 20
-    bench warm-b8 "$work/fixed" 60 "$work/bin/covflow" --batch 8 --steps 30
-    bench warm-b32 "$work/fixed" 90 "$work/bin/covflow" --batch 32 --steps 20
-    bench warm2-b32 "$work/fixed" 60 "$work/bin/covflow" --batch 32 --steps 20
+    bin="$work/bin/covflow"
+    setup "$work/run" "$work/cache" disabled
+    bench cold-b8 "$work/run" 180 "$bin" --batch 8 --steps 20
+    bench warm-b8 "$work/run" 60 "$bin" --batch 8 --steps 30
+    bench warm-b32 "$work/run" 90 "$bin" --batch 32 --steps 20
+    bench warm2-b32 "$work/run" 60 "$bin" --batch 32 --steps 20
 
     echo "[pytorch] reference"
     (timeout 90 python3 scripts/transunet_ref.py --batch 8 32 --steps 30 \
         > "$work/logs/pytorch.jsonl" 2> "$work/logs/pytorch.err") || tail -5 "$work/logs/pytorch.err"
     sed 's/^{/{"run": "pytorch", /' "$work/logs/pytorch.jsonl" >> "$results"
 
-    if [ -x "$work/bin/covflow-default" ]; then
-        setup "$work/default"
+    # Where the time goes: per-kernel profiles of a few steps, covflow's im2col convolutions
+    # against burn's native (direct, without autotune) ones.
+    setup "$work/prof" "$work/cache" basic
+    bench profile-im2col-b8 "$work/prof" 60 "$bin" --batch 8 --steps 3
+    bench profile-native-b8 "$work/prof" 120 "$bin" --batch 8 --steps 3 --conv native
+
+    if [ -x "$work/bin/covflow-default" ] && [ "${RUN_DEFAULT:-0}" = 1 ]; then
+        setup "$work/default" "$work/default-cache" disabled
         bench default-cold-b8 "$work/default" "${DEFAULT_LIMIT:-60}" "$work/bin/covflow-default" --batch 8 --steps 5
     fi
 
@@ -116,7 +128,7 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print()
 print(f"{'run':<18}{'impl':<22}{'batch':>6}{'first step s':>14}{'step ms':>10}{'infer ms':>10}{'kernels':>9}{'loss first→last':>22}")
 for r in rows:
-    impl = r.get("impl") or ("burn-" + r.get("device", "?"))
+    impl = r.get("impl") or ("burn-" + r.get("device", "?") + "-" + str(r.get("conv", "?")))
     fs = r.get("first_step_s"); st = r.get("median_step_ms"); inf = r.get("median_inference_ms")
     f = lambda v, p: "-" if v is None else f"{v:.{p}f}"
     loss = "-" if r.get("loss_first") is None else f"{r['loss_first']:.3f}→{r['loss_last']:.3f}"

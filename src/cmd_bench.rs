@@ -5,6 +5,12 @@ use covflow_kernels::Device;
 
 use crate::Failure;
 
+#[derive(Copy, Clone, Debug, clap::ValueEnum)]
+pub enum Conv {
+    Im2col,
+    Native,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Train the seed TransUNet for a few steps: first step (compilation, autotune), steady-state
@@ -22,6 +28,9 @@ pub enum BenchCommand {
         /// Divide every width by this (1 = the seed configuration, 66.9 M parameters).
         #[arg(long, default_value_t = 1)]
         width_div: usize,
+        /// Convolution implementation: im2col (+ matmul, covflow's default) or native (burn's).
+        #[arg(long, value_enum, default_value_t = Conv::Im2col)]
+        conv: Conv,
     },
     /// Hash files the way the cache does (blake3, parallel, mmap for large files); prints GB/s.
     Hash {
@@ -41,11 +50,17 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
             batch,
             steps,
             width_div,
+            conv,
         } => {
-            let report = covflow_stages::bench::transunet(device, batch, steps, width_div)?;
+            let imp = match conv {
+                Conv::Im2col => covflow_stages::models::ConvImpl::Im2col,
+                Conv::Native => covflow_stages::models::ConvImpl::Native,
+            };
+            let report = covflow_stages::bench::transunet(device, batch, steps, width_div, imp)?;
             let mut json = serde_json::to_value(&report)?;
             json["device"] = device.name().into();
             json["width_div"] = width_div.into();
+            json["conv"] = serde_json::to_value(imp)?;
             println!("{}", serde_json::to_string(&json)?);
         }
         BenchCommand::Hash { files, repeat } => {

@@ -183,6 +183,11 @@ impl Store {
                 source,
             })?;
         }
+        // Absolute, so that paths handed to tasks stay valid whatever their working directory.
+        let root = fs::canonicalize(&root).map_err(|source| CacheError::NotWritable {
+            path: root.clone(),
+            source,
+        })?;
         let probe = root
             .join("tmp")
             .join(format!(".probe.{}", std::process::id()));

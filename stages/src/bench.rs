@@ -1,7 +1,7 @@
 //! Benchmarks of the models on a chosen device (`covflow bench`).
 
 use crate::StageError;
-use crate::models::{TrainingBench, TransUNetConfig, bench_training};
+use crate::models::{ConvImpl, TrainingBench, TransUNetConfig, bench_training};
 use covflow_kernels::Device;
 
 /// Trains the seed TransUNet for a few steps on `device` and reports first-step and steady-state
@@ -11,10 +11,12 @@ pub fn transunet(
     batch: usize,
     steps: usize,
     width_div: usize,
+    conv: ConvImpl,
 ) -> Result<TrainingBench, StageError> {
     let config = TransUNetConfig::new()
         .with_out_channels(128 / width_div)
-        .with_mlp_dim(512 / width_div);
+        .with_mlp_dim(512 / width_div)
+        .with_conv(conv);
     let progress = |m: &str| eprintln!("[bench transunet {device} batch {batch}] {m}");
     Ok(match device {
         Device::Cpu => {

@@ -17,6 +17,7 @@ use crate::stage::{Stage, StageError, TaskContext};
 /// The `exec` stage kind.
 pub struct ExecStage;
 
+#[derive(Debug)]
 enum Piece {
     Text(String),
     Out,
@@ -26,31 +27,35 @@ enum Piece {
     In(String),
 }
 
+/// Splits a `run` template into text and placeholders. `{name}` is a placeholder when `name` is
+/// a single word (letters, digits, `_`, `.`, `-`); braces around anything else, such as awk's
+/// `{ print $1 }` or a shell group `{ a; b; }`, are left as they are.
 fn parse(template: &str) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut text = String::new();
-    let mut chars = template.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-                text.push('{');
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-                text.push('}');
-            }
-            '{' => {
-                let mut name = String::new();
-                loop {
-                    match chars.next() {
-                        Some('}') => break,
-                        Some(c) => name.push(c),
-                        None => return Err(format!("unclosed `{{{name}` in `run`")),
-                    }
-                }
+    let mut rest = template;
+    while let Some(c) = rest.chars().next() {
+        if let Some(r) = rest.strip_prefix("{{") {
+            text.push('{');
+            rest = r;
+            continue;
+        }
+        if let Some(r) = rest.strip_prefix("}}") {
+            text.push('}');
+            rest = r;
+            continue;
+        }
+        if c == '{'
+            && let Some(end) = rest.find('}')
+        {
+            let name = &rest[1..end];
+            let word = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if word {
                 pieces.push(Piece::Text(std::mem::take(&mut text)));
-                pieces.push(match name.as_str() {
+                pieces.push(match name {
                     "out" => Piece::Out,
                     "work" => Piece::Work,
                     "item" => Piece::Item,
@@ -62,12 +67,57 @@ fn parse(template: &str) -> Result<Vec<Piece>, String> {
                         ));
                     }
                 });
+                rest = &rest[end + 1..];
+                continue;
             }
-            c => text.push(c),
         }
+        text.push(c);
+        rest = &rest[c.len_utf8()..];
     }
     pieces.push(Piece::Text(text));
     Ok(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(t: &str) -> Vec<String> {
+        parse(t)
+            .unwrap()
+            .into_iter()
+            .map(|p| match p {
+                Piece::Text(t) => format!("T:{t}"),
+                Piece::Out => "out".into(),
+                Piece::Work => "work".into(),
+                Piece::Item => "item".into(),
+                Piece::ItemAttr(a) => format!("item.{a}"),
+                Piece::In(s) => format!("in.{s}"),
+            })
+            .filter(|s| s != "T:")
+            .collect()
+    }
+
+    #[test]
+    fn placeholders_and_literal_braces() {
+        assert_eq!(
+            names("awk '{ print $1 }' {in.a}/x > {out}/y"),
+            ["T:awk '{ print $1 }' ", "in.a", "T:/x > ", "out", "T:/y"]
+        );
+        assert_eq!(names("echo {{item}}"), ["T:echo {item}"]);
+        assert!(
+            parse("echo {otu}")
+                .unwrap_err()
+                .contains("unknown placeholder `{otu}`")
+        );
+    }
+}
+
+/// Length of the path written right after `{in.STAGE}` (`/row.csv` in `{in.s}/row.csv;`): it
+/// ends at the first character that cannot be part of a plain path.
+fn path_suffix_len(t: &str) -> usize {
+    t.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '*' | '?')))
+        .unwrap_or(t.len())
 }
 
 impl Stage for ExecStage {
@@ -134,7 +184,7 @@ impl Stage for ExecStage {
             match p {
                 Piece::Text(t) => match carry.take() {
                     // A path suffix right after `{in.STAGE}` was already applied to every dir.
-                    Some(_) => cmd.push_str(&t[t.find(char::is_whitespace).unwrap_or(t.len())..]),
+                    Some(_) => cmd.push_str(&t[path_suffix_len(t)..]),
                     None => cmd.push_str(t),
                 },
                 Piece::Out => cmd.push_str(&ctx.out_dir.to_string_lossy()),
@@ -151,9 +201,7 @@ impl Stage for ExecStage {
                 Piece::In(s) => {
                     // `{in.s}/file.txt` over a gathered fan-out means every item's file.
                     let suffix = match pieces.get(i + 1) {
-                        Some(Piece::Text(t)) => {
-                            &t[..t.find(char::is_whitespace).unwrap_or(t.len())]
-                        }
+                        Some(Piece::Text(t)) => &t[..path_suffix_len(t)],
                         _ => "",
                     };
                     let dirs: Vec<String> = ctx

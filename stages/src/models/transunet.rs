@@ -6,7 +6,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2dConfig;
 use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig, PaddingConfig2d,
@@ -15,6 +15,7 @@ use burn::tensor::activation::{gelu, relu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, backend::Backend};
 
+use super::conv::{ConvImpl, ConvLayer};
 use super::upsample::upsample2x_bilinear;
 
 /// The seed configuration: `img_dim=128, in_channels=1, out_channels=128, head_num=4,
@@ -48,6 +49,9 @@ pub struct TransUNetConfig {
     /// Dropout in the transformer.
     #[config(default = 0.1)]
     pub dropout: f64,
+    /// How convolutions compute (see [`ConvImpl`]).
+    #[config(default = "ConvImpl::Im2col")]
+    pub conv: ConvImpl,
 }
 
 fn conv(i: usize, o: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Conv2dConfig {
@@ -60,27 +64,27 @@ fn conv(i: usize, o: usize, k: usize, stride: usize, pad: usize, bias: bool) -> 
 /// ResNet bottleneck with a strided 3×3 and a projected shortcut.
 #[derive(Module, Debug)]
 pub struct EncoderBottleneck<B: Backend> {
-    downsample_conv: Conv2d<B>,
+    downsample_conv: ConvLayer<B>,
     downsample_norm: BatchNorm<B>,
-    conv1: Conv2d<B>,
+    conv1: ConvLayer<B>,
     norm1: BatchNorm<B>,
-    conv2: Conv2d<B>,
+    conv2: ConvLayer<B>,
     norm2: BatchNorm<B>,
-    conv3: Conv2d<B>,
+    conv3: ConvLayer<B>,
     norm3: BatchNorm<B>,
 }
 
 impl<B: Backend> EncoderBottleneck<B> {
-    fn new(i: usize, o: usize, stride: usize, device: &B::Device) -> Self {
+    fn new(i: usize, o: usize, stride: usize, imp: ConvImpl, device: &B::Device) -> Self {
         let width = o;
         Self {
-            downsample_conv: conv(i, o, 1, stride, 0, false).init(device),
+            downsample_conv: ConvLayer::new(&conv(i, o, 1, stride, 0, false), imp, device),
             downsample_norm: BatchNormConfig::new(o).init(device),
-            conv1: conv(i, width, 1, 1, 0, false).init(device),
+            conv1: ConvLayer::new(&conv(i, width, 1, 1, 0, false), imp, device),
             norm1: BatchNormConfig::new(width).init(device),
-            conv2: conv(width, width, 3, 2, 1, false).init(device),
+            conv2: ConvLayer::new(&conv(width, width, 3, 2, 1, false), imp, device),
             norm2: BatchNormConfig::new(width).init(device),
-            conv3: conv(width, o, 1, 1, 0, false).init(device),
+            conv3: ConvLayer::new(&conv(width, o, 1, 1, 0, false), imp, device),
             norm3: BatchNormConfig::new(o).init(device),
         }
     }
@@ -99,18 +103,18 @@ impl<B: Backend> EncoderBottleneck<B> {
 /// Bilinear ×2, concatenation with the skip, two 3×3 conv + BN + ReLU.
 #[derive(Module, Debug)]
 pub struct DecoderBottleneck<B: Backend> {
-    conv1: Conv2d<B>,
+    conv1: ConvLayer<B>,
     norm1: BatchNorm<B>,
-    conv2: Conv2d<B>,
+    conv2: ConvLayer<B>,
     norm2: BatchNorm<B>,
 }
 
 impl<B: Backend> DecoderBottleneck<B> {
-    fn new(i: usize, o: usize, device: &B::Device) -> Self {
+    fn new(i: usize, o: usize, imp: ConvImpl, device: &B::Device) -> Self {
         Self {
-            conv1: conv(i, o, 3, 1, 1, true).init(device),
+            conv1: ConvLayer::new(&conv(i, o, 3, 1, 1, true), imp, device),
             norm1: BatchNormConfig::new(o).init(device),
-            conv2: conv(o, o, 3, 1, 1, true).init(device),
+            conv2: ConvLayer::new(&conv(o, o, 3, 1, 1, true), imp, device),
             norm2: BatchNormConfig::new(o).init(device),
         }
     }
@@ -248,19 +252,19 @@ impl<B: Backend> Vit<B> {
 /// The TransUNet.
 #[derive(Module, Debug)]
 pub struct TransUNet<B: Backend> {
-    conv1: Conv2d<B>,
+    conv1: ConvLayer<B>,
     norm1: BatchNorm<B>,
     encoder1: EncoderBottleneck<B>,
     encoder2: EncoderBottleneck<B>,
     encoder3: EncoderBottleneck<B>,
     vit: Vit<B>,
-    conv2: Conv2d<B>,
+    conv2: ConvLayer<B>,
     norm2: BatchNorm<B>,
     decoder1: DecoderBottleneck<B>,
     decoder2: DecoderBottleneck<B>,
     decoder3: DecoderBottleneck<B>,
     decoder4: DecoderBottleneck<B>,
-    head: Conv2d<B>,
+    head: ConvLayer<B>,
     vit_img_dim: usize,
 }
 
@@ -279,20 +283,21 @@ impl TransUNetConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> TransUNet<B> {
         let oc = self.out_channels;
         let vit_img_dim = self.img_dim / self.patch_dim;
+        let imp = self.conv;
         TransUNet {
-            conv1: conv(self.in_channels, oc, 7, 2, 3, false).init(device),
+            conv1: ConvLayer::new(&conv(self.in_channels, oc, 7, 2, 3, false), imp, device),
             norm1: BatchNormConfig::new(oc).init(device),
-            encoder1: EncoderBottleneck::new(oc, oc * 2, 2, device),
-            encoder2: EncoderBottleneck::new(oc * 2, oc * 4, 2, device),
-            encoder3: EncoderBottleneck::new(oc * 4, oc * 8, 2, device),
+            encoder1: EncoderBottleneck::new(oc, oc * 2, 2, imp, device),
+            encoder2: EncoderBottleneck::new(oc * 2, oc * 4, 2, imp, device),
+            encoder3: EncoderBottleneck::new(oc * 4, oc * 8, 2, imp, device),
             vit: Vit::new(self, vit_img_dim * vit_img_dim, oc * 8, device),
-            conv2: conv(oc * 8, oc * 4, 3, 1, 1, true).init(device),
+            conv2: ConvLayer::new(&conv(oc * 8, oc * 4, 3, 1, 1, true), imp, device),
             norm2: BatchNormConfig::new(oc * 4).init(device),
-            decoder1: DecoderBottleneck::new(oc * 8, oc * 2, device),
-            decoder2: DecoderBottleneck::new(oc * 4, oc, device),
-            decoder3: DecoderBottleneck::new(oc * 2, oc / 2, device),
-            decoder4: DecoderBottleneck::new(oc / 2, oc / 8, device),
-            head: conv(oc / 8, self.class_num, 1, 1, 0, true).init(device),
+            decoder1: DecoderBottleneck::new(oc * 8, oc * 2, imp, device),
+            decoder2: DecoderBottleneck::new(oc * 4, oc, imp, device),
+            decoder3: DecoderBottleneck::new(oc * 2, oc / 2, imp, device),
+            decoder4: DecoderBottleneck::new(oc / 2, oc / 8, imp, device),
+            head: ConvLayer::new(&conv(oc / 8, self.class_num, 1, 1, 0, true), imp, device),
             vit_img_dim,
         }
     }
