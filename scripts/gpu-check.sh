@@ -9,7 +9,8 @@
 # Results (JSON per run, compile/autotune logs) land in $OUT (or /tmp/gpu-check-out).
 #
 # Binaries: .gpu/covflow.gz          burn without autotune and without fusion (covflow's default)
-#           .gpu/covflow-default.gz  burn's own defaults on CUDA (autotune + fusion), if built
+#           .gpu/covflow-fusion.gz   burn's fusion on, autotune off (WITH_FUSION=1; run with SUITE=fusion)
+#           .gpu/covflow-default.gz  burn's own defaults on CUDA (autotune + fusion; WITH_DEFAULT=1)
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -21,7 +22,11 @@ build() {
     cargo build --release --features cuda || exit 1
     # Compressed: the device tool carries at most 64 MiB.
     strip -o .gpu/covflow target/release/covflow && gzip -f .gpu/covflow
-    if [ "${WITH_DEFAULT:-1}" = 1 ]; then
+    if [ "${WITH_FUSION:-0}" = 1 ]; then
+        CARGO_TARGET_DIR=target/fusion cargo build --release --features cuda,fusion || exit 1
+        strip -o .gpu/covflow-fusion target/fusion/release/covflow && gzip -f .gpu/covflow-fusion
+    fi
+    if [ "${WITH_DEFAULT:-0}" = 1 ]; then
         CARGO_TARGET_DIR=target/burn-default cargo build --release --features cuda,autotune,fusion || exit 1
         strip -o .gpu/covflow-default target/burn-default/release/covflow && gzip -f .gpu/covflow-default
     fi
@@ -36,7 +41,8 @@ run() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     work=/tmp/covflow-gpu-check
     rm -rf "$work" && mkdir -p "$work/logs"
-    results="$work/logs/results.jsonl"
+    # Written as it goes, so that a run cut short still brings back what it measured.
+    results="$out/results.jsonl"
     mkdir -p "$work/bin"
     for f in .gpu/*.gz; do
         gunzip -c "$f" > "$work/bin/$(basename "$f" .gz)" && chmod +x "$work/bin/$(basename "$f" .gz)"
@@ -99,27 +105,49 @@ PY
         grep -m1 -A4 'panicked' "$work/logs/$name.err" | head -c 800
     }
 
-    bin="$work/bin/covflow"
-    setup "$work/run" "$work/cache" disabled
-    bench cold-b8 "$work/run" 180 "$bin" --batch 8 --steps 20
-    bench warm-b8 "$work/run" 60 "$bin" --batch 8 --steps 30
-    bench warm-b32 "$work/run" 90 "$bin" --batch 32 --steps 20
-    bench warm2-b32 "$work/run" 60 "$bin" --batch 32 --steps 20
+    suite_main() {
+        local bin="$work/bin/covflow"
+        setup "$work/run" "$work/cache" disabled
+        bench cold-b8 "$work/run" 180 "$bin" --batch 8 --steps 20
+        bench warm-b8 "$work/run" 60 "$bin" --batch 8 --steps 30
+        bench warm-b32 "$work/run" 90 "$bin" --batch 32 --steps 20
+        bench warm2-b32 "$work/run" 60 "$bin" --batch 32 --steps 20
 
-    echo "[pytorch] reference"
-    (timeout 90 python3 scripts/transunet_ref.py --batch 8 32 --steps 30 \
-        > "$work/logs/pytorch.jsonl" 2> "$work/logs/pytorch.err") || tail -5 "$work/logs/pytorch.err"
-    sed 's/^{/{"run": "pytorch", /' "$work/logs/pytorch.jsonl" >> "$results"
+        echo "[pytorch] reference"
+        (timeout 90 python3 scripts/transunet_ref.py --batch 8 32 --steps 30 \
+            > "$work/logs/pytorch.jsonl" 2> "$work/logs/pytorch.err") || tail -5 "$work/logs/pytorch.err"
+        sed 's/^{/{"run": "pytorch", /' "$work/logs/pytorch.jsonl" >> "$results"
 
-    # Where the time goes: per-kernel profiles of a few steps, covflow's im2col convolutions
-    # against burn's native (direct, without autotune) ones.
-    setup "$work/prof" "$work/cache" basic
-    bench profile-im2col-b8 "$work/prof" 60 "$bin" --batch 8 --steps 3
-    bench profile-native-b8 "$work/prof" 120 "$bin" --batch 8 --steps 3 --conv native
+        # Where the time goes: per-kernel profiles of a few steps, covflow's im2col convolutions
+        # against burn's native (direct, without autotune) ones.
+        setup "$work/prof" "$work/cache" basic
+        bench profile-im2col-b8 "$work/prof" 60 "$bin" --batch 8 --steps 3
+        bench profile-native-b8 "$work/prof" 120 "$bin" --batch 8 --steps 3 --conv native
 
-    if [ -x "$work/bin/covflow-default" ] && [ "${RUN_DEFAULT:-0}" = 1 ]; then
-        setup "$work/default" "$work/default-cache" disabled
-        bench default-cold-b8 "$work/default" "${DEFAULT_LIMIT:-60}" "$work/bin/covflow-default" --batch 8 --steps 5
+        if [ -x "$work/bin/covflow-default" ] && [ "${RUN_DEFAULT:-0}" = 1 ]; then
+            setup "$work/default" "$work/default-cache" disabled
+            bench default-cold-b8 "$work/default" "${DEFAULT_LIMIT:-60}" "$work/bin/covflow-default" --batch 8 --steps 5
+        fi
+
+    }
+
+    # burn's fusion on (elementwise chains fused into one kernel), and where allocation time goes.
+    suite_fusion() {
+        local bin="$work/bin/covflow-fusion"
+        setup "$work/fusion" "$work/fusion-cache" disabled
+        bench fusion-cold-b8 "$work/fusion" 120 "$bin" --batch 8 --steps 20
+        bench fusion-warm-b8 "$work/fusion" 60 "$bin" --batch 8 --steps 20
+        bench fusion-warm-b32 "$work/fusion" 60 "$bin" --batch 32 --steps 5
+        setup "$work/mem" "$work/fusion-cache" disabled
+        printf '\n[memory.logger]\nlevel = "basic"\nfile = "%s/memory.log"\n' "$work/mem" >> "$work/mem/cubecl.toml"
+        bench memory-fusion-b8 "$work/mem" 45 "$bin" --batch 8 --steps 3
+        cp "$work/mem/memory.log" "$work/logs/memory-fusion-b8.memory.log" 2>/dev/null
+    }
+
+    if [ "${SUITE:-main}" = fusion ]; then
+        suite_fusion
+    else
+        suite_main
     fi
 
     python3 - "$results" <<'PY'
@@ -135,8 +163,8 @@ for r in rows:
     note = "" if r.get("rc", 0) == 0 else f"  (rc {r['rc']}: timed out or failed after {r.get('wall_s', 0):.0f} s)"
     print(f"{r['run']:<18}{impl:<22}{r.get('batch', '-'):>6}{f(fs, 2):>14}{f(st, 2):>10}{f(inf, 2):>10}{r.get('kernels_compiled', '-'):>9}{loss:>22}{note}")
 PY
+    cp "$results" "$work/logs/results.jsonl"
     tar -C "$work" -czf "$out/gpu-check-logs.tar.gz" logs
-    cp "$results" "$out/results.jsonl"
 }
 
 case "${1:-}" in
