@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
 use covflow_engine::{
-    CancelToken, Outcome, RunError, RunOptions, RunReport, Selection, TaskState, Upstream,
-    run_local, run_task,
+    CancelToken, Outcome, RunError, RunOptions, RunReport, Selection, SlurmOptions, TaskState,
+    Upstream, run_local, run_slurm, run_task,
 };
 use serde_json::json;
 
@@ -16,6 +16,8 @@ use crate::{Failure, PipelineArgs, workflow};
 pub enum Executor {
     /// Run tasks on this machine.
     Local,
+    /// Submit each task as a SLURM job (`covflow stage run`), `afterok` edges between stages.
+    Slurm,
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +48,18 @@ pub struct RunArgs {
     /// Where tasks run.
     #[arg(long, value_enum, default_value_t = Executor::Local)]
     executor: Executor,
+    /// SLURM partition (with --executor slurm).
+    #[arg(long)]
+    partition: Option<String>,
+    /// SLURM account (with --executor slurm).
+    #[arg(long)]
+    account: Option<String>,
+    /// Extra sbatch argument, e.g. --slurm-arg=--qos=long (repeatable).
+    #[arg(long = "slurm-arg", allow_hyphen_values = true, value_name = "ARG")]
+    slurm_args: Vec<String>,
+    /// With --executor slurm: submit and exit; a later `plan` or `run` shows the state.
+    #[arg(long)]
+    no_wait: bool,
     /// Print one JSON object at the end (see README).
     #[arg(long)]
     json: bool,
@@ -143,8 +157,57 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         (_, Some(s)) => Selection::Only(s.clone()),
         _ => Selection::All,
     };
-    let Executor::Local = a.executor;
     let wf = Arc::new(wf);
+    if a.executor == Executor::Slurm {
+        if a.until.is_some() || a.only.is_some() {
+            return Err(Failure::Invalid(
+                "--until and --only are not supported with --executor slurm yet".into(),
+            ));
+        }
+        let mut stage_args = vec![
+            "--cache".to_string(),
+            wf.store.root().to_string_lossy().into_owned(),
+            "--device".to_string(),
+            wf.device.clone(),
+        ];
+        for s in &a.pipeline.set {
+            stage_args.push("--set".into());
+            stage_args.push(s.clone());
+        }
+        let opts = SlurmOptions {
+            covflow: std::env::current_exe()
+                .map_err(|e| Failure::Failed(format!("cannot find the covflow binary: {e}")))?,
+            stage_args,
+            partition: a.partition.clone(),
+            account: a.account.clone(),
+            sbatch_args: a.slurm_args.clone(),
+            force: a.force.iter().cloned().collect(),
+            wait: !a.no_wait,
+            poll: std::time::Duration::from_millis(500),
+        };
+        let (report, jobs) = runtime()
+            .block_on(run_slurm(wf.clone(), opts))
+            .map_err(|e| Failure::Failed(e.to_string()))?;
+        for j in &jobs {
+            eprintln!(
+                "covflow: submitted {} task(s) of `{}` as SLURM job {} (logs: {})",
+                j.tasks.len(),
+                j.stage,
+                j.id,
+                j.log.display()
+            );
+        }
+        if a.no_wait {
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"submitted": jobs.iter().map(|j| json!({"stage": j.stage, "job": j.id, "tasks": j.tasks.len()})).collect::<Vec<_>>()})
+                );
+            }
+            return Ok(());
+        }
+        return finish(&report, a.json);
+    }
     let report = runtime()
         .block_on(run_local(wf.clone(), opts, CancelToken::default()))
         .map_err(run_error)?;

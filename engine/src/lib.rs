@@ -24,6 +24,7 @@ mod execute;
 mod graph;
 mod plan;
 mod registry;
+mod slurm;
 mod spec;
 mod stage;
 
@@ -36,6 +37,7 @@ pub use execute::{
 pub use graph::{TaskGraph, TaskNode};
 pub use plan::{InputRef, KeyMaterial, PlannedTask, TaskState, Workflow};
 pub use registry::Registry;
+pub use slurm::{SlurmError, SlurmOptions, SubmittedJob, run_slurm};
 pub use spec::{DatasetDecl, Pipeline, Resources, StageDecl};
 pub use stage::{
     CancelToken, DatasetSource, Input, Item, Stage, StageError, TaskContext, TaskLog, valid_item_id,

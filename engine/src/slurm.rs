@@ -1,0 +1,390 @@
+//! The SLURM executor: each task that is not cached becomes a SLURM job running
+//! `covflow stage run`, one job array per fan-out stage, `afterok` edges between stages.
+//!
+//! Correctness does not depend on SLURM: every job computes its key from the artifacts its inputs
+//! left in the shared cache and takes the key's lock, exactly as a local run does. SLURM only
+//! orders and places the work. No accounting database is needed: the executor polls `squeue`,
+//! and after the jobs are gone it reads the outcome from the cache itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use petgraph::graph::NodeIndex;
+
+use crate::execute::{Outcome, RunReport, TaskReport};
+use crate::plan::{TaskState, Workflow};
+
+/// How to submit.
+#[derive(Clone, Debug)]
+pub struct SlurmOptions {
+    /// The `covflow` binary the jobs run (must be reachable from every node).
+    pub covflow: PathBuf,
+    /// Arguments every `covflow stage run` gets after the pipeline file: `--cache`, `--device`,
+    /// `--set` … so that jobs see the same pipeline as the submitter.
+    pub stage_args: Vec<String>,
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--account`.
+    pub account: Option<String>,
+    /// Extra `sbatch` arguments, passed as given.
+    pub sbatch_args: Vec<String>,
+    /// Stages to re-run even if cached.
+    pub force: BTreeSet<String>,
+    /// Wait for the jobs (else submit and return).
+    pub wait: bool,
+    /// Time between `squeue` polls.
+    pub poll: Duration,
+}
+
+/// What can stop a SLURM run.
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    /// `sbatch`/`squeue` missing or failing.
+    #[error("{0}")]
+    Command(String),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] covflow_cache::CacheError),
+    /// Writing job scripts failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// One submitted job (an array for fan-out stages).
+#[derive(Clone, Debug)]
+pub struct SubmittedJob {
+    /// SLURM job id.
+    pub id: String,
+    /// Stage.
+    pub stage: String,
+    /// Tasks in array-index order.
+    pub tasks: Vec<NodeIndex>,
+    /// Log file pattern (`%a` is the array index).
+    pub log: PathBuf,
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+async fn command(program: &str, args: &[String]) -> Result<String, SlurmError> {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| {
+            SlurmError::Command(format!(
+                "cannot run `{program}`: {e}\n  help: the SLURM executor needs the SLURM client commands (sbatch, squeue, scancel) on PATH"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(SlurmError::Command(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Submits every task that is not cached and (with `wait`) waits for them. Ctrl-C cancels the
+/// submitted jobs.
+pub async fn run_slurm(
+    wf: Arc<Workflow>,
+    opts: SlurmOptions,
+) -> Result<(RunReport, Vec<SubmittedJob>), SlurmError> {
+    let plan = wf.plan(&opts.force)?;
+    let g = &wf.graph;
+    let to_run: BTreeSet<NodeIndex> = plan
+        .iter()
+        .filter(|p| matches!(p.state, TaskState::Run(_)))
+        .map(|p| p.node)
+        .collect();
+
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let dir = wf
+        .store
+        .root()
+        .join("slurm")
+        .join(format!("{}-{stamp}", wf.pipeline.name));
+    std::fs::create_dir_all(&dir).map_err(|source| SlurmError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+
+    // One job per stage, in dependency order; a stage depends on the jobs of the stages it needs.
+    let mut by_stage: BTreeMap<usize, Vec<NodeIndex>> = BTreeMap::new();
+    let mut stage_order = Vec::new();
+    for &n in &g.order {
+        if to_run.contains(&n) {
+            let s = g.graph[n].stage;
+            if !by_stage.contains_key(&s) {
+                stage_order.push(s);
+            }
+            by_stage.entry(s).or_default().push(n);
+        }
+    }
+    let mut jobs: Vec<SubmittedJob> = Vec::new();
+    let mut job_of_stage: BTreeMap<usize, String> = BTreeMap::new();
+    let pipeline_file =
+        std::fs::canonicalize(&wf.pipeline.path).unwrap_or(wf.pipeline.path.clone());
+    let cancel_all = |jobs: &[SubmittedJob]| {
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        async move {
+            if !ids.is_empty() {
+                let _ = command("scancel", &ids).await;
+            }
+        }
+    };
+    for s in stage_order {
+        let decl = &wf.pipeline.stages[s];
+        let tasks = by_stage[&s].clone();
+        let fan_out = g.graph[tasks[0]].item.is_some();
+        let base = [
+            "stage".to_string(),
+            "run".to_string(),
+            pipeline_file.to_string_lossy().into_owned(),
+            decl.name.clone(),
+        ];
+        let mut args: Vec<String> = base
+            .iter()
+            .cloned()
+            .chain(opts.stage_args.iter().cloned())
+            .collect();
+        let covflow = shell_quote(&opts.covflow.to_string_lossy());
+        let mut script = String::from("#!/bin/bash\nset -euo pipefail\n");
+        if fan_out {
+            let items: Vec<&str> = tasks.iter().filter_map(|&n| g.item_id(n)).collect();
+            let list = dir.join(format!("{}.items", decl.name));
+            std::fs::write(&list, items.join("\n") + "\n").map_err(|source| SlurmError::Io {
+                path: list.clone(),
+                source,
+            })?;
+            script.push_str(&format!(
+                "item=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {})\n",
+                shell_quote(&list.to_string_lossy())
+            ));
+            args.push("--item".into());
+            args.push("ITEM".into());
+        }
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a == "ITEM" {
+                    "\"$item\"".to_string()
+                } else {
+                    shell_quote(a)
+                }
+            })
+            .collect();
+        script.push_str(&format!("exec {covflow} {}\n", quoted.join(" ")));
+        let script_path = dir.join(format!("{}.sh", decl.name));
+        std::fs::write(&script_path, &script).map_err(|source| SlurmError::Io {
+            path: script_path.clone(),
+            source,
+        })?;
+
+        let log = dir.join(if fan_out {
+            format!("{}-%a.log", decl.name)
+        } else {
+            format!("{}.log", decl.name)
+        });
+        let mut sb = vec![
+            "--parsable".to_string(),
+            format!("--job-name=covflow/{}/{}", wf.pipeline.name, decl.name),
+            format!("--output={}", log.display()),
+            format!("--cpus-per-task={}", decl.resources.cpus.max(1)),
+        ];
+        if fan_out {
+            sb.push(format!("--array=0-{}", tasks.len() - 1));
+        }
+        if let Some(m) = decl.resources.mem_gb {
+            sb.push(format!("--mem={}M", (m * 1024.0).ceil() as u64));
+        }
+        if let Some(t) = decl.resources.time_min {
+            sb.push(format!("--time={t}"));
+        }
+        if decl.resources.gpu > 0 {
+            sb.push(format!("--gres=gpu:{}", decl.resources.gpu));
+        }
+        if let Some(p) = &opts.partition {
+            sb.push(format!("--partition={p}"));
+        }
+        if let Some(a) = &opts.account {
+            sb.push(format!("--account={a}"));
+        }
+        let deps: Vec<String> = decl
+            .needs
+            .iter()
+            .filter_map(|n| {
+                let i = wf.pipeline.stages.iter().position(|x| &x.name == n)?;
+                job_of_stage.get(&i).cloned()
+            })
+            .collect();
+        if !deps.is_empty() {
+            sb.push(format!("--dependency=afterok:{}", deps.join(":")));
+            // A failed upstream cancels its dependents instead of leaving them pending forever.
+            sb.push("--kill-on-invalid-dep=yes".into());
+        }
+        sb.extend(opts.sbatch_args.iter().cloned());
+        sb.push(script_path.to_string_lossy().into_owned());
+        let id = match command("sbatch", &sb).await {
+            Ok(out) => out.trim().split(';').next().unwrap_or("").to_string(),
+            Err(e) => {
+                cancel_all(&jobs).await;
+                return Err(e);
+            }
+        };
+        tracing::info!(stage = %decl.name, job = %id, tasks = tasks.len(), "submitted");
+        job_of_stage.insert(s, id.clone());
+        jobs.push(SubmittedJob {
+            id,
+            stage: decl.name.clone(),
+            tasks,
+            log,
+        });
+    }
+
+    let mut cancelled = false;
+    if opts.wait && !jobs.is_empty() {
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+        loop {
+            let out = command(
+                "squeue",
+                &[
+                    "-h".into(),
+                    "-o".into(),
+                    "%i %T".into(),
+                    "-j".into(),
+                    ids.join(","),
+                ],
+            )
+            .await;
+            // squeue errors once every job has left its memory ("Invalid job id").
+            let active = match out {
+                Ok(s) => s
+                    .lines()
+                    .filter(|l| {
+                        let st = l.split_whitespace().nth(1).unwrap_or("");
+                        matches!(
+                            st,
+                            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED"
+                        )
+                    })
+                    .count(),
+                Err(_) => 0,
+            };
+            if active == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(opts.poll) => {}
+                _ = &mut ctrl_c => {
+                    tracing::warn!("interrupted: cancelling the submitted jobs");
+                    cancel_all(&jobs).await;
+                    cancelled = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    // The outcome, read from the cache: a submitted task succeeded iff its artifact is there now.
+    let after = if opts.wait {
+        Some(wf.plan(&BTreeSet::new())?)
+    } else {
+        None
+    };
+    let mut report = RunReport {
+        tasks: Vec::new(),
+        cancelled,
+    };
+    let log_of = |n: NodeIndex| -> Option<PathBuf> {
+        let job = jobs.iter().find(|j| j.tasks.contains(&n))?;
+        let idx = job.tasks.iter().position(|t| *t == n)?;
+        Some(PathBuf::from(
+            job.log.to_string_lossy().replace("%a", &idx.to_string()),
+        ))
+    };
+    for (i, p) in plan.iter().enumerate() {
+        let n = p.node;
+        let submitted = to_run.contains(&n);
+        let (state, key) = match (&after, submitted) {
+            (_, false) => (Outcome::Cached, p.key),
+            (None, true) => (Outcome::Skipped, p.key),
+            (Some(a), true) => match a[i].state {
+                TaskState::Cached => (Outcome::Executed, a[i].key),
+                TaskState::Run(_) => {
+                    let ran = log_of(n).is_some_and(|l| l.exists());
+                    (
+                        if ran {
+                            Outcome::Failed
+                        } else {
+                            Outcome::Skipped
+                        },
+                        a[i].key,
+                    )
+                }
+            },
+        };
+        let log_tail = if state == Outcome::Failed {
+            log_of(n)
+                .and_then(|l| std::fs::read_to_string(&l).ok())
+                .map(|t| {
+                    let lines: Vec<&str> = t.lines().collect();
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                })
+        } else {
+            None
+        };
+        report.tasks.push(TaskReport {
+            stage: g.stage_name(n).to_string(),
+            item: g.item_id(n).map(str::to_string),
+            state,
+            key,
+            error: (state == Outcome::Failed).then(|| {
+                format!(
+                    "SLURM job failed (log: {})",
+                    log_of(n)
+                        .map(|l| l.display().to_string())
+                        .unwrap_or_default()
+                )
+            }),
+            log_tail,
+        });
+    }
+    Ok((report, jobs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn quoting_keeps_plain_words_and_quotes_the_rest() {
+        assert_eq!(shell_quote("/a/b.yaml"), "/a/b.yaml");
+        assert_eq!(shell_quote("params.x=1"), "params.x=1");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}
