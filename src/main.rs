@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod cmd_bench;
 mod cmd_cache;
+mod cmd_imaging;
 mod cmd_run;
 mod workflow;
 
@@ -68,6 +69,10 @@ enum Command {
     /// Measure covflow's hot paths (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
+    /// Show shape, spacing, datatype, orientation, scaling and value range of NIfTI files.
+    Inspect(cmd_imaging::InspectArgs),
+    /// Write a MosMed-like directory tree of synthetic studies with exact masks.
+    Phantom(cmd_imaging::PhantomArgs),
 }
 
 /// How a command ended, beyond success.
@@ -115,6 +120,8 @@ fn main() -> ExitCode {
         Command::Cache(c) => cmd_cache::cache(c),
         Command::Export(a) => cmd_cache::export(a),
         Command::Bench(b) => cmd_bench::run(b),
+        Command::Inspect(a) => cmd_imaging::inspect(a),
+        Command::Phantom(a) => cmd_imaging::phantom(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

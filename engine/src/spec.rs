@@ -198,6 +198,9 @@ impl Pipeline {
                 &["datasets", &name],
                 &serde_yaml::Value::Mapping(map),
             )?;
+            let spec = substitute(&spec, &params).map_err(|m| {
+                SpecError::new(here.clone(), m).context(format!("dataset `{name}`"))
+            })?;
             let kinds: Vec<&String> = spec
                 .as_object()
                 .map(|o| o.keys().filter(|k| registry.dataset(k).is_some()).collect())

@@ -2,12 +2,18 @@
 
 pub mod bench;
 pub mod models;
+pub mod phantom;
+pub mod phantom_stage;
+pub mod volume;
 
 use covflow_engine::Registry;
 use covflow_kernels::Device;
 
 /// Registers this crate's stage kinds and dataset sources.
-pub fn register(_registry: &mut Registry) {}
+pub fn register(registry: &mut Registry) {
+    registry.add_dataset(phantom_stage::PhantomSource);
+    registry.add_stage(phantom_stage::PhantomStage);
+}
 
 /// Errors of the stage kinds.
 #[derive(Debug, thiserror::Error)]
