@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Planning a fully cached fan-out: covflow plan against snakemake -n on the same DAG
-# (N items × 3 per-item rules + 1 gather). Usage: scripts/bench-plan.sh [N] (default 10000).
+# (N items × 3 per-item rules + 1 gather). Usage: scripts/bench-plan.sh [N] (default 3334: 10 003 tasks).
 # Needs `snakemake` on PATH (pip install snakemake) and a release build of covflow.
 set -euo pipefail
-n=${1:-10000}
+n=${1:-3334}
 here=$(cd "$(dirname "$0")/.." && pwd)
 covflow=${COVFLOW:-$here/target/release/covflow}
 work=$(mktemp -d /tmp/covflow-bench-plan.XXXXXX)
@@ -17,7 +17,7 @@ stages:
   a: {uses: exec, foreach: xs, with: {run: "echo {item} > {out}/a"}}
   b: {uses: exec, foreach: a, with: {run: "cp {in.a}/a {out}/b"}}
   c: {uses: exec, foreach: b, with: {run: "cp {in.b}/b {out}/c"}}
-  all: {uses: exec, needs: [c], with: {run: "ls {in.c} | wc -l > {out}/n"}}
+  all: {uses: exec, needs: [c], with: {run: "wc -l < {inlist.c} > {out}/n"}}
 YAML
 
 cat > Snakefile <<SMK
@@ -40,7 +40,7 @@ rule c:
 SMK
 
 echo "# filling covflow's cache ($((3 * n + 1)) tasks)"
-/usr/bin/time -f "covflow run (cold): %e s, %M KiB max RSS" "$covflow" run p.yaml --jobs 2 >/dev/null
+/usr/bin/time -f "covflow run (cold): %e s, %M KiB max RSS" "$covflow" run p.yaml --jobs "${JOBS:-8}" >/dev/null
 # Snakemake's outputs made directly (running 30 000 jobs through it takes ~20 min), oldest first
 # so that everything is up to date.
 mkdir -p a b c

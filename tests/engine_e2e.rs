@@ -414,3 +414,28 @@ stages:
     assert_eq!(plan["tasks"].as_array().unwrap().len(), 3000);
     eprintln!("planned 3000 tasks in {:?}", t.elapsed());
 }
+
+#[test]
+fn inlist_passes_a_large_fan_in_as_a_file() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        r#"
+name: fanin
+datasets:
+  xs: {count: 300, prefix: a_very_long_item_name_so_that_the_command_line_grows_}
+stages:
+  leaf: {uses: exec, foreach: xs, with: {run: "echo {item} > {out}/v"}}
+  all:
+    uses: exec
+    needs: [leaf]
+    with: {run: "while read d; do cat $d/v; done < {inlist.leaf} | wc -l > {out}/n"}
+"#,
+    );
+    let r = s.json(&["run", "p.yaml"]);
+    assert_eq!(r["failed"], 0, "{r}");
+    let out = s.run(&["export", "p.yaml", "all", "x"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let n = std::fs::read_to_string(s.path().join("x/n")).unwrap();
+    assert_eq!(n.trim(), "300");
+}

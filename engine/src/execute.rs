@@ -107,6 +107,20 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The inputs of task `n` as its stage sees them, from the finished upstream artifacts.
+fn stage_inputs(wf: &Workflow, n: NodeIndex, inputs: &[Upstream]) -> Vec<Input> {
+    wf.graph.graph[n]
+        .inputs
+        .iter()
+        .zip(inputs)
+        .map(|(&i, u)| Input {
+            stage: wf.graph.stage_name(i).to_string(),
+            item: wf.graph.item_id(i).map(str::to_string),
+            dir: u.dir.clone(),
+        })
+        .collect()
+}
+
 /// Runs one task whose inputs are finished, under the lock of its key: if another process made
 /// the artifact meanwhile it is `Cached`, else the stage runs into a staging directory that is
 /// published atomically. Blocking.
@@ -143,16 +157,7 @@ pub fn run_task(
     let t = &wf.graph.graph[n];
     let decl = &wf.pipeline.stages[t.stage];
     let stage = wf.registry.stage(&decl.uses).expect("checked at load");
-    let task_inputs: Vec<Input> = t
-        .inputs
-        .iter()
-        .zip(inputs)
-        .map(|(&i, u)| Input {
-            stage: wf.graph.stage_name(i).to_string(),
-            item: wf.graph.item_id(i).map(str::to_string),
-            dir: u.dir.clone(),
-        })
-        .collect();
+    let task_inputs = stage_inputs(wf, n, inputs);
     let work = store
         .work_dir(&key)
         .map_err(|e| fail(e.to_string(), &log))?;
@@ -598,16 +603,7 @@ pub fn reexecute(
     for d in [&out_dir, &work_dir] {
         std::fs::create_dir_all(d).map_err(|e| fail(format!("{}: {e}", d.display()), &log))?;
     }
-    let task_inputs: Vec<Input> = t
-        .inputs
-        .iter()
-        .zip(inputs)
-        .map(|(&i, u)| Input {
-            stage: wf.graph.stage_name(i).to_string(),
-            item: wf.graph.item_id(i).map(str::to_string),
-            dir: u.dir.clone(),
-        })
-        .collect();
+    let task_inputs = stage_inputs(wf, n, inputs);
     let ctx = TaskContext {
         pipeline_dir: &wf.pipeline.dir,
         stage: &decl.name,

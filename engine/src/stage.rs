@@ -84,11 +84,18 @@ impl TaskLog {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The last `n` lines.
+    /// The last `n` lines, each cut to 500 characters (a command line can be huge).
     pub fn tail(&self, n: usize) -> String {
         let all = self.contents();
         let lines: Vec<&str> = all.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| match l.char_indices().nth(500) {
+                Some((cut, _)) => format!("{} … ({} more bytes)", &l[..cut], l.len() - cut),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

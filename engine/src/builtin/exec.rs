@@ -5,7 +5,8 @@
 //! `{item.ATTR}` (an item attribute, such as `{item.path}`), `{in.STAGE}` (the artifact directory
 //! of an upstream stage; several, space-separated, when it is a fan-out gathered here, and a path
 //! written right after it applies to each: `{in.s}/v.txt` → `A/v.txt B/v.txt`); `{{` and
-//! `}}` are literal braces. The command runs in the pipeline file's directory.
+//! `}}` are literal braces; `{inlist.STAGE}` is a file listing those directories one a line, for
+//! fan-ins too large for a command line. The command runs in the pipeline file's directory.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -25,6 +26,7 @@ enum Piece {
     Item,
     ItemAttr(String),
     In(String),
+    InList(String),
 }
 
 /// Splits a `run` template into text and placeholders. `{name}` is a placeholder when `name` is
@@ -60,10 +62,11 @@ fn parse(template: &str) -> Result<Vec<Piece>, String> {
                     "work" => Piece::Work,
                     "item" => Piece::Item,
                     n if n.starts_with("item.") => Piece::ItemAttr(n[5..].to_string()),
+                    n if n.starts_with("inlist.") => Piece::InList(n[7..].to_string()),
                     n if n.starts_with("in.") => Piece::In(n[3..].to_string()),
                     n => {
                         return Err(format!(
-                            "unknown placeholder `{{{n}}}` in `run` (use {{out}}, {{work}}, {{item}}, {{item.ATTR}}, {{in.STAGE}}; write {{{{ for a literal brace)"
+                            "unknown placeholder `{{{n}}}` in `run` (use {{out}}, {{work}}, {{item}}, {{item.ATTR}}, {{in.STAGE}}, {{inlist.STAGE}}; write {{{{ for a literal brace)"
                         ));
                     }
                 });
@@ -93,6 +96,7 @@ mod tests {
                 Piece::Item => "item".into(),
                 Piece::ItemAttr(a) => format!("item.{a}"),
                 Piece::In(s) => format!("in.{s}"),
+                Piece::InList(s) => format!("inlist.{s}"),
             })
             .filter(|s| s != "T:")
             .collect()
@@ -161,9 +165,9 @@ impl Stage for ExecStage {
         }
         for p in parse(run)? {
             match p {
-                Piece::In(s) if !decl.needs.contains(&s) => {
+                Piece::In(s) | Piece::InList(s) if !decl.needs.contains(&s) => {
                     return Err(format!(
-                        "`{{in.{s}}}` refers to `{s}`, which this stage does not need (add it to `needs`)"
+                        "`{{in.{s}}}`/`{{inlist.{s}}}` refers to `{s}`, which this stage does not need (add it to `needs`)"
                     ));
                 }
                 Piece::Item | Piece::ItemAttr(_) if decl.foreach.is_none() => {
@@ -211,6 +215,17 @@ impl Stage for ExecStage {
                     cmd.push_str(&dirs.join(" "));
                     carry = Some(suffix.to_string());
                 }
+                Piece::InList(s) => {
+                    // For fan-ins too large for a command line: a file, one directory a line.
+                    let list = ctx.work_dir.join(format!("inputs.{s}.txt"));
+                    let dirs: Vec<String> = ctx
+                        .inputs_of(s)
+                        .map(|i| i.dir.to_string_lossy().into_owned())
+                        .collect();
+                    std::fs::write(&list, dirs.join("\n") + "\n")
+                        .map_err(|e| format!("{}: {e}", list.display()))?;
+                    cmd.push_str(&list.to_string_lossy());
+                }
             }
         }
         let shell = ctx
@@ -245,7 +260,14 @@ impl Stage for ExecStage {
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command
             .spawn()
-            .map_err(|e| format!("cannot start `{shell}`: {e}"))?;
+            .map_err(|e| {
+                let hint = if e.raw_os_error() == Some(libc::E2BIG) {
+                    "; the command line is too long: pass a large fan-in with {inlist.STAGE} (a file listing the directories) instead of {in.STAGE}"
+                } else {
+                    ""
+                };
+                format!("cannot start `{shell}`: {e}{hint}")
+            })?;
         let pump = |r: Option<Box<dyn Read + Send>>| {
             let log = ctx.log.clone();
             std::thread::spawn(move || {
