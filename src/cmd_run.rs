@@ -336,7 +336,8 @@ pub fn stage(c: StageCommand) -> Result<(), Failure> {
             (None, true) => format!("stage `{stage}` has no task"),
         }));
     };
-    let plan = wf.plan(&BTreeSet::new())?;
+    let upstream = wf.graph.ancestors(&[node]);
+    let plan = wf.plan_selected(&BTreeSet::new(), Some(&upstream))?;
     let by_node: std::collections::HashMap<_, _> = plan.iter().map(|p| (p.node, p)).collect();
     let mut inputs = Vec::new();
     let mut missing = Vec::new();

@@ -211,8 +211,22 @@ impl Workflow {
         &self,
         force: &BTreeSet<String>,
     ) -> Result<Vec<PlannedTask>, covflow_cache::CacheError> {
+        self.plan_selected(force, None)
+    }
+
+    /// As [`Workflow::plan`], for the tasks marked in `selected` only (which must include their
+    /// ancestors, as [`TaskGraph::ancestors`] gives): `covflow stage run` plans one task's
+    /// upstream, not the whole pipeline, so that a fan-out of N jobs costs O(N), not O(N²).
+    pub fn plan_selected(
+        &self,
+        force: &BTreeSet<String>,
+        selected: Option<&[bool]>,
+    ) -> Result<Vec<PlannedTask>, covflow_cache::CacheError> {
         let mut out: Vec<Option<PlannedTask>> = vec![None; self.graph.graph.node_count()];
         for &n in &self.graph.order {
+            if selected.is_some_and(|s| !s[n.index()]) {
+                continue;
+            }
             let t = &self.graph.graph[n];
             let mut digests = Vec::with_capacity(t.inputs.len());
             let mut waiting_on = None;
@@ -265,7 +279,7 @@ impl Workflow {
             .graph
             .order
             .iter()
-            .map(|n| out[n.index()].take().expect("planned above"))
+            .filter_map(|n| out[n.index()].take())
             .collect())
     }
 
