@@ -64,3 +64,60 @@ stages:
     );
     assert_eq!(plan["tasks"][0]["reason"], "item content changed");
 }
+
+#[test]
+fn mosmed_and_nifti_sources_read_the_layout_and_name_bad_files() {
+    let s = Scratch::new();
+    let out = s.run(&["phantom", "--out", "mosmed", "--count", "3", "--seed", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.write(
+        "p.yaml",
+        r#"
+name: mm
+datasets:
+  studies: {mosmed: {root: mosmed}}
+  files: {nifti: "mosmed/masks/*.nii.gz"}
+stages:
+  copy:
+    uses: exec
+    foreach: studies
+    with: {run: "echo {item.category} > {out}/c"}
+  masks:
+    uses: exec
+    foreach: files
+    with: {run: "cp {item.path} {out}/m.nii.gz"}
+"#,
+    );
+    let plan = s.json(&["plan", "p.yaml"]);
+    let tasks = plan["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 6, "{plan}");
+    let items = |stage: &str| -> Vec<String> {
+        tasks
+            .iter()
+            .filter(|t| t["stage"] == stage)
+            .map(|t| t["item"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(items("copy"), ["study_0001", "study_0002", "study_0003"]);
+    assert_eq!(
+        items("masks"),
+        ["study_0001_mask", "study_0002_mask", "study_0003_mask"]
+    );
+    let run = s.json(&["run", "p.yaml"]);
+    assert_eq!(run["executed"], 6, "{run}");
+    let out = s.run(&["export", "p.yaml", "copy", "x"]);
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("x/study_0003/c")).unwrap(),
+        "CT-2\n"
+    );
+    // A corrupt study is an error naming the file.
+    s.write("mosmed/studies/CT-1/study_0009.nii.gz", "not a nifti file");
+    let bad = s.run(&["plan", "p.yaml"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("study_0009.nii.gz"),
+        "{}",
+        stderr(&bad)
+    );
+}

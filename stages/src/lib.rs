@@ -1,6 +1,7 @@
 //! covflow's stage kinds, one module each, and the models they train.
 
 pub mod bench;
+pub mod datasets;
 pub mod models;
 pub mod phantom;
 pub mod phantom_stage;
@@ -12,6 +13,8 @@ use covflow_kernels::Device;
 /// Registers this crate's stage kinds and dataset sources.
 pub fn register(registry: &mut Registry) {
     registry.add_dataset(phantom_stage::PhantomSource);
+    registry.add_dataset(datasets::MosmedSource);
+    registry.add_dataset(datasets::NiftiSource);
     registry.add_stage(phantom_stage::PhantomStage);
 }
 
