@@ -107,6 +107,10 @@ PY
 
     suite_main() {
         local bin="$work/bin/covflow"
+        # Every cubecl kernel against its CPU reference at MosMed sizes, beside a plain copy.
+        echo "[kernels] check and time (JSON per kernel: max_error, ms, GB/s, % of copy)"
+        (cd "$work" && timeout 120 "$bin" bench kernels --device cuda --reps 20) \
+            | tee "$work/logs/kernels.jsonl" || echo "[kernels] FAILED"
         setup "$work/run" "$work/cache" disabled
         bench cold-b8 "$work/run" 180 "$bin" --batch 8 --steps 20
         bench warm-b8 "$work/run" 60 "$bin" --batch 8 --steps 30

@@ -32,6 +32,16 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = Conv::Im2col)]
         conv: Conv,
     },
+    /// Check every GPU kernel against its CPU reference at MosMed sizes and time it beside a
+    /// plain copy (one JSON line per kernel).
+    Kernels {
+        /// wgpu or cuda.
+        #[arg(long, default_value = "wgpu")]
+        device: Device,
+        /// Timed launches per kernel (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+    },
     /// Hash files the way the cache does (blake3, parallel, mmap for large files); prints GB/s.
     Hash {
         /// Files to hash.
@@ -62,6 +72,24 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
             json["width_div"] = width_div.into();
             json["conv"] = serde_json::to_value(imp)?;
             println!("{}", serde_json::to_string(&json)?);
+        }
+        BenchCommand::Kernels { device, reps } => {
+            let reports = covflow_kernels::bench_on(device, reps).map_err(Failure::Failed)?;
+            let mut bad = 0;
+            for r in &reports {
+                let mut json = serde_json::to_value(r)?;
+                json["device"] = device.name().into();
+                println!("{json}");
+                // NaN (a kernel that produced garbage) counts as a failure too.
+                if r.max_error.is_nan() || r.max_error >= 1e-4 {
+                    bad += 1;
+                }
+            }
+            if bad > 0 {
+                return Err(Failure::Failed(format!(
+                    "{bad} kernel(s) differ from their CPU reference"
+                )));
+            }
         }
         BenchCommand::Hash { files, repeat } => {
             let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();

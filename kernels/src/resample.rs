@@ -44,8 +44,16 @@ pub fn resample_window_reference(
                 let (c0, c1, tc) = src(z, d2, o2);
                 let lerp = |p: f32, q: f32, t: f32| p + (q - p) * t;
                 let v = lerp(
-                    lerp(lerp(at(a0, b0, c0), at(a0, b0, c1), tc), lerp(at(a0, b1, c0), at(a0, b1, c1), tc), tb),
-                    lerp(lerp(at(a1, b0, c0), at(a1, b0, c1), tc), lerp(at(a1, b1, c0), at(a1, b1, c1), tc), tb),
+                    lerp(
+                        lerp(at(a0, b0, c0), at(a0, b0, c1), tc),
+                        lerp(at(a0, b1, c0), at(a0, b1, c1), tc),
+                        tb,
+                    ),
+                    lerp(
+                        lerp(at(a1, b0, c0), at(a1, b0, c1), tc),
+                        lerp(at(a1, b1, c0), at(a1, b1, c1), tc),
+                        tb,
+                    ),
                     ta,
                 );
                 out.push(match window {
@@ -135,15 +143,18 @@ pub fn resample_window<R: Runtime>(
     window: Option<(f32, f32)>,
 ) -> Vec<f32> {
     let n_out = out_shape.iter().product::<usize>();
-    assert_eq!(input.len(), shape.iter().product::<usize>(), "input length must match its shape");
+    assert_eq!(
+        input.len(),
+        shape.iter().product::<usize>(),
+        "input length must match its shape"
+    );
     let input_handle = client.create_from_slice(f32::as_bytes(input));
     let output_handle = client.empty(n_out * size_of::<f32>());
     let threads = 256u32;
-    let cubes = (n_out as u32).div_ceil(threads);
     let (lo, hi) = window.unwrap_or((0.0, 1.0));
     resample_window_kernel::launch::<R>(
         client,
-        CubeCount::Static(cubes, 1, 1),
+        crate::cube_count_for(n_out, threads),
         CubeDim::new_1d(threads),
         unsafe { ArrayArg::from_raw_parts(input_handle, input.len()) },
         unsafe { ArrayArg::from_raw_parts(output_handle.clone(), n_out) },
@@ -198,7 +209,10 @@ mod tests {
                 .zip(&got)
                 .map(|(a, b)| (a - b).abs() / scale)
                 .fold(0.0f32, f32::max);
-            assert!(err < 1e-5, "shape {shape:?} → {out:?}: max relative error {err}");
+            assert!(
+                err < 1e-5,
+                "shape {shape:?} → {out:?}: max relative error {err}"
+            );
         }
     }
 

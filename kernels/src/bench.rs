@@ -1,0 +1,144 @@
+//! Kernel checks and timings on a device: each kernel against its CPU reference at MosMed sizes,
+//! its time, its effective bandwidth and that bandwidth as a share of a plain copy's, measured in
+//! the same run (`covflow bench kernels`, and `scripts/gpu-check.sh` on a GPU).
+
+use std::time::Instant;
+
+use cubecl::prelude::*;
+
+use crate::resample::{resample_window_kernel, resample_window_reference};
+
+/// Device-to-device copy, the bandwidth reference.
+#[cube(launch)]
+pub fn copy_kernel(input: &Array<f32>, output: &mut Array<f32>) {
+    if ABSOLUTE_POS < output.len() {
+        output[ABSOLUTE_POS] = input[ABSOLUTE_POS];
+    }
+}
+
+/// One line of the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KernelReport {
+    /// Kernel name.
+    pub kernel: String,
+    /// Problem size, in words.
+    pub size: String,
+    /// Largest absolute difference from the CPU reference (NaN when not checked).
+    pub max_error: f32,
+    /// Median time of one launch, milliseconds.
+    pub ms: f64,
+    /// Bytes read once plus bytes written, per second.
+    pub gb_per_s: f64,
+    /// `gb_per_s` as a share of the copy's, measured in the same run.
+    pub percent_of_copy: f64,
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 3000.0 - 2048.0
+        })
+        .collect()
+}
+
+fn median_ms<R: Runtime>(client: &ComputeClient<R>, reps: usize, mut launch: impl FnMut()) -> f64 {
+    launch();
+    let _ = cubecl::future::block_on(client.sync());
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            launch();
+            let _ = cubecl::future::block_on(client.sync());
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+/// Checks and times every kernel on `client`'s device.
+pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<KernelReport> {
+    let mut reports = Vec::new();
+    let threads = 256u32;
+
+    // The copy reference: a MosMed volume's worth of float32, 512 × 512 × 41.
+    let n = 512 * 512 * 41;
+    let data = random(n, 1);
+    let src = client.create_from_slice(f32::as_bytes(&data));
+    let dst = client.empty(n * 4);
+    let copy_ms = median_ms(client, reps, || {
+        copy_kernel::launch::<R>(
+            client,
+            crate::cube_count_for(n, threads),
+            CubeDim::new_1d(threads),
+            unsafe { ArrayArg::from_raw_parts(src.clone(), n) },
+            unsafe { ArrayArg::from_raw_parts(dst.clone(), n) },
+        );
+    });
+    let copied = f32::from_bytes(&client.read_one_unchecked(dst.clone())).to_vec();
+    let copy_err = if copied == data { 0.0 } else { f32::INFINITY };
+    let copy_gbs = (2 * n * 4) as f64 / (copy_ms * 1e-3) / 1e9;
+    reports.push(KernelReport {
+        kernel: "copy".into(),
+        size: "512x512x41".into(),
+        max_error: copy_err,
+        ms: copy_ms,
+        gb_per_s: copy_gbs,
+        percent_of_copy: 100.0,
+    });
+
+    // Resample + window, as the preprocessing uses it: a MosMed study to the model's grid, and
+    // an upsampling of the same volume (more output than input).
+    for (shape, out) in [
+        ([41usize, 512, 512], [32usize, 128, 128]),
+        ([41, 512, 512], [64, 512, 512]),
+    ] {
+        let n_in = shape.iter().product::<usize>();
+        let n_out = out.iter().product::<usize>();
+        let input = random(n_in, 2);
+        let inh = client.create_from_slice(f32::as_bytes(&input));
+        let outh = client.empty(n_out * 4);
+        let ms = median_ms(client, reps, || {
+            resample_window_kernel::launch::<R>(
+                client,
+                crate::cube_count_for(n_out, threads),
+                CubeDim::new_1d(threads),
+                unsafe { ArrayArg::from_raw_parts(inh.clone(), n_in) },
+                unsafe { ArrayArg::from_raw_parts(outh.clone(), n_out) },
+                shape[0] as u32,
+                shape[1] as u32,
+                shape[2] as u32,
+                out[0] as u32,
+                out[1] as u32,
+                out[2] as u32,
+                -1000.0,
+                400.0,
+                1,
+            );
+        });
+        let got = f32::from_bytes(&client.read_one_unchecked(outh)).to_vec();
+        let want = resample_window_reference(&input, shape, out, Some((-1000.0, 400.0)));
+        let err = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let gbs = ((n_in + n_out) * 4) as f64 / (ms * 1e-3) / 1e9;
+        reports.push(KernelReport {
+            kernel: "resample+window".into(),
+            size: format!(
+                "{}x{}x{} -> {}x{}x{}",
+                shape[0], shape[1], shape[2], out[0], out[1], out[2]
+            ),
+            max_error: err,
+            ms,
+            gb_per_s: gbs,
+            percent_of_copy: 100.0 * gbs / copy_gbs,
+        });
+    }
+    reports
+}
