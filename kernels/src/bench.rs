@@ -33,18 +33,6 @@ pub struct KernelReport {
     pub percent_of_copy: f64,
 }
 
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 3000.0 - 2048.0
-        })
-        .collect()
-}
-
 fn median_ms<R: Runtime>(client: &ComputeClient<R>, reps: usize, mut launch: impl FnMut()) -> f64 {
     launch();
     let _ = cubecl::future::block_on(client.sync());
@@ -67,7 +55,7 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
 
     // The copy reference: a MosMed volume's worth of float32, 512 × 512 × 41.
     let n = 512 * 512 * 41;
-    let data = random(n, 1);
+    let data = crate::random_hu(n, 1);
     let src = client.create_from_slice(f32::as_bytes(&data));
     let dst = client.empty(n * 4);
     let copy_ms = median_ms(client, reps, || {
@@ -99,7 +87,7 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
     ] {
         let n_in = shape.iter().product::<usize>();
         let n_out = out.iter().product::<usize>();
-        let input = random(n_in, 2);
+        let input = crate::random_hu(n_in, 2);
         let inh = client.create_from_slice(f32::as_bytes(&input));
         let outh = client.empty(n_out * 4);
         let ms = median_ms(client, reps, || {

@@ -10,6 +10,19 @@ pub(crate) fn cube_count_for(n: usize, threads: u32) -> cubecl::prelude::CubeCou
     cubecl::prelude::CubeCount::Static(x, cubes.div_ceil(x), 1)
 }
 
+/// Deterministic pseudo-random HU-like values in [-2048, 952), for kernel checks and tests.
+pub(crate) fn random_hu(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 3000.0 - 2048.0
+        })
+        .collect()
+}
+
 /// Checks and times every kernel on `device` (the CPU device runs nothing: its kernels are the
 /// references themselves).
 pub fn bench_on(device: Device, reps: usize) -> Result<Vec<KernelReport>, String> {

@@ -177,18 +177,6 @@ mod tests {
     use super::*;
     use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 3000.0 - 2048.0
-            })
-            .collect()
-    }
-
     /// The kernel on wgpu (Mesa's lavapipe on CPU-only machines) against the CPU reference, on
     /// fresh random volumes, up- and down-sampling, with and without the window.
     #[test]
@@ -199,7 +187,7 @@ mod tests {
             (2, [16, 16, 3], [32, 8, 3], None),
             (3, [1, 7, 2], [3, 3, 5], Some((-1000.0, 400.0))),
         ] {
-            let input = random(shape.iter().product(), seed);
+            let input = crate::random_hu(shape.iter().product(), seed);
             let want = resample_window_reference(&input, shape, out, window);
             let got = resample_window(&client, &input, shape, out, window);
             assert_eq!(got.len(), want.len());
@@ -218,7 +206,7 @@ mod tests {
 
     #[test]
     fn reference_keeps_constants_and_identity() {
-        let v = random(4 * 5 * 6, 9);
+        let v = crate::random_hu(4 * 5 * 6, 9);
         assert_eq!(resample_window_reference(&v, [4, 5, 6], [4, 5, 6], None), v);
         let c = vec![-300.0; 24];
         let out = resample_window_reference(&c, [2, 3, 4], [5, 1, 7], Some((-1000.0, 400.0)));
