@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod models;
 pub mod phantom;
 pub mod phantom_stage;
+pub mod resample;
 pub mod volume;
 
 use covflow_engine::Registry;
@@ -16,6 +17,7 @@ pub fn register(registry: &mut Registry) {
     registry.add_dataset(datasets::MosmedSource);
     registry.add_dataset(datasets::NiftiSource);
     registry.add_stage(phantom_stage::PhantomStage);
+    registry.add_stage(resample::ResampleStage);
 }
 
 /// Errors of the stage kinds.

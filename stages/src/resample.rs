@@ -1,0 +1,183 @@
+//! The `resample` stage kind: a study to a fixed grid, CT fused with the HU window.
+//!
+//! ```yaml
+//! preprocess:
+//!   uses: resample
+//!   foreach: scans                         # an upstream stage writing ct.nii.gz (+ masks)
+//!   with: {shape: [128, 128, 32], window: [-1000, 400]}
+//! ```
+//! Reads `ct.nii.gz` (and `lung.nii.gz`, `lesion.nii.gz` when present) from its one input,
+//! resamples each trilinearly to `shape` (voxels along x, y, z; voxel centres aligned), maps the CT
+//! through the window to [0, 1] in the same pass, thresholds masks at 0.5, and writes the same
+//! file names with the new spacing. On `--device wgpu|cuda` the cubecl kernel runs; on `cpu` its
+//! reference. No anti-aliasing prefilter yet (see issue 3's notes), so strong downsampling aliases.
+
+use covflow_engine::{Stage, StageDecl, StageError, TaskContext};
+use covflow_kernels::{resample_window, resample_window_reference};
+use ndarray::Array3;
+
+use crate::volume::Volume;
+
+/// The `resample` stage kind.
+pub struct ResampleStage;
+
+fn shape_param(
+    decl_with: &serde_json::Map<String, serde_json::Value>,
+) -> Result<[usize; 3], String> {
+    let v = decl_with
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .ok_or("resample needs `shape: [x, y, z]` (output voxels)")?;
+    let dims: Vec<usize> = v
+        .iter()
+        .filter_map(|d| d.as_u64().filter(|d| *d > 0).map(|d| d as usize))
+        .collect();
+    match dims.as_slice() {
+        [x, y, z] => Ok([*x, *y, *z]),
+        _ => Err("`shape` must be three positive integers [x, y, z]".into()),
+    }
+}
+
+fn window_param(
+    decl_with: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<(f32, f32)>, String> {
+    match decl_with.get("window") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(w) => {
+            let v: Vec<f64> = w
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default();
+            match v.as_slice() {
+                [lo, hi] if lo < hi => Ok(Some((*lo as f32, *hi as f32))),
+                _ => Err("`window` must be [low, high] in HU with low < high, or null".into()),
+            }
+        }
+    }
+}
+
+/// Resamples on the task's device.
+fn run_kernel(
+    device: &str,
+    data: &[f32],
+    shape: [usize; 3],
+    out: [usize; 3],
+    window: Option<(f32, f32)>,
+) -> Result<Vec<f32>, StageError> {
+    use cubecl::Runtime;
+    Ok(match device {
+        "cpu" => resample_window_reference(data, shape, out, window),
+        "wgpu" => {
+            let client = cubecl::wgpu::WgpuRuntime::client(&Default::default());
+            resample_window(&client, data, shape, out, window)
+        }
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            let client = cubecl::cuda::CudaRuntime::client(&Default::default());
+            resample_window(&client, data, shape, out, window)
+        }
+        other => return Err(format!("resample cannot run on device `{other}`").into()),
+    })
+}
+
+/// `volume` resampled to `out` voxels (the affine and spacing follow).
+pub fn resample_volume(
+    device: &str,
+    volume: &Volume,
+    out: [usize; 3],
+    window: Option<(f32, f32)>,
+) -> Result<Volume, StageError> {
+    let (nx, ny, nz) = volume.data.dim();
+    let input = volume.data.as_standard_layout();
+    let data = input.as_slice().expect("standard layout");
+    let values = run_kernel(device, data, [nx, ny, nz], out, window)?;
+    let data = Array3::from_shape_vec((out[0], out[1], out[2]), values)?;
+    let scale = [
+        nx as f64 / out[0] as f64,
+        ny as f64 / out[1] as f64,
+        nz as f64 / out[2] as f64,
+    ];
+    let mut v = Volume::new(
+        data,
+        [
+            volume.spacing[0] * scale[0],
+            volume.spacing[1] * scale[1],
+            volume.spacing[2] * scale[2],
+        ],
+    );
+    // New voxel i sits at old index (i + 0.5)·scale − 0.5.
+    for (row, old) in v.affine.iter_mut().zip(&volume.affine).take(3) {
+        let mut t = old[3];
+        for (c, s) in scale.iter().enumerate() {
+            row[c] = old[c] * s;
+            t += old[c] * (0.5 * s - 0.5);
+        }
+        row[3] = t;
+    }
+    Ok(v)
+}
+
+impl Stage for ResampleStage {
+    fn kind(&self) -> &'static str {
+        "resample"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn help(&self) -> String {
+        "resample takes `shape: [x, y, z]` and optional `window: [low, high]` (HU; default [-1000, 400], null for none)".into()
+    }
+
+    fn check(&self, decl: &StageDecl) -> Result<(), String> {
+        for k in decl.with.keys() {
+            if !["shape", "window"].contains(&k.as_str()) {
+                return Err(format!(
+                    "unknown parameter `{k}` for resample (shape, window)"
+                ));
+            }
+        }
+        shape_param(&decl.with)?;
+        window_param(&decl.with)?;
+        if decl.needs.len() != 1 {
+            return Err(
+                "resample reads exactly one upstream stage (its `foreach` or `needs`)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn device_dependent(&self) -> bool {
+        true
+    }
+
+    fn run(&self, ctx: &TaskContext) -> Result<(), StageError> {
+        let out = shape_param(ctx.params)?;
+        let window = if ctx.params.contains_key("window") {
+            window_param(ctx.params)?
+        } else {
+            Some((-1000.0, 400.0))
+        };
+        let input = ctx.inputs.first().ok_or("resample has no input")?;
+        let ct_path = input.dir.join("ct.nii.gz");
+        let ct = Volume::read(&ct_path)?;
+        resample_volume(ctx.device, &ct, out, window)?.write_f32(&ctx.out_dir.join("ct.nii.gz"))?;
+        for mask in ["lung.nii.gz", "lesion.nii.gz"] {
+            let p = input.dir.join(mask);
+            if p.is_file() {
+                let mut m = resample_volume(ctx.device, &Volume::read(&p)?, out, None)?;
+                m.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
+                m.write_u8(&ctx.out_dir.join(mask))?;
+            }
+        }
+        ctx.log.line(format!(
+            "{}: {:?} → {:?} on {}",
+            ct_path.display(),
+            ct.data.dim(),
+            out,
+            ctx.device
+        ));
+        Ok(())
+    }
+}
