@@ -181,3 +181,34 @@ impl Stage for ResampleStage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// World position of voxel `i`.
+    fn world(v: &Volume, i: [f64; 3]) -> [f64; 3] {
+        let a = &v.affine;
+        [0, 1, 2].map(|r| a[r][0] * i[0] + a[r][1] * i[1] + a[r][2] * i[2] + a[r][3])
+    }
+
+    #[test]
+    fn geometry_follows_the_sampling() {
+        let mut v = Volume::new(Array3::from_elem((8, 6, 4), -500.0), [0.7, 0.8, 8.0]);
+        v.affine[0][3] = -100.0;
+        v.affine[1][3] = 20.0;
+        v.affine[2][3] = 5.0;
+        let same = resample_volume("cpu", &v, [8, 6, 4], None).unwrap();
+        assert_eq!(same.affine, v.affine);
+        assert_eq!(same.data, v.data);
+        let half = resample_volume("cpu", &v, [4, 3, 2], Some((-1000.0, 400.0))).unwrap();
+        assert_eq!(half.spacing, [1.4, 1.6, 16.0]);
+        // New voxel 0 samples old index 0.5 on every axis: the same point in the patient.
+        let a = world(&half, [0.0, 0.0, 0.0]);
+        let b = world(&v, [0.5, 0.5, 0.5]);
+        for k in 0..3 {
+            assert!((a[k] - b[k]).abs() < 1e-9, "{a:?} vs {b:?}");
+        }
+        assert!(half.data.iter().all(|x| (x - 500.0 / 1400.0).abs() < 1e-6));
+    }
+}
