@@ -81,7 +81,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
                 json["device"] = device.name().into();
                 println!("{json}");
                 // NaN (a kernel that produced garbage) counts as a failure too.
-                if r.max_error.is_nan() || r.max_error >= 1e-4 {
+                // Values are HU up to ~3000 before the window: allow float rounding of sums.
+                if r.max_error.is_nan() || r.max_error >= 1e-2 {
                     bad += 1;
                 }
             }

@@ -188,6 +188,7 @@ stages:
             &Volume::read(&src.join("ct.nii.gz")).unwrap(),
             [64, 64, 12],
             Some((-1000.0, 400.0)),
+            true,
         )
         .unwrap();
         let err = ct
@@ -204,6 +205,7 @@ stages:
                 &Volume::read(&src.join(mask)).unwrap(),
                 [64, 64, 12],
                 None,
+                false,
             )
             .unwrap();
             r.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use cubecl::prelude::*;
 
+use crate::blur::{blur_axis_kernel, blur_axis_reference, gaussian_weights};
 use crate::resample::{resample_window_kernel, resample_window_reference};
 
 /// Device-to-device copy, the bandwidth reference.
@@ -122,6 +123,42 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
                 "{}x{}x{} -> {}x{}x{}",
                 shape[0], shape[1], shape[2], out[0], out[1], out[2]
             ),
+            max_error: err,
+            ms,
+            gb_per_s: gbs,
+            percent_of_copy: 100.0 * gbs / copy_gbs,
+        });
+    }
+    // The anti-aliasing prefilter along each axis of a MosMed volume (σ for a 4× shrink).
+    let shape = [41usize, 512, 512];
+    let strides = [512 * 512, 512, 1];
+    let w = gaussian_weights(1.5);
+    let wh = client.create_from_slice(f32::as_bytes(&w));
+    let outh = client.empty(n * 4);
+    for axis in 0..3 {
+        let ms = median_ms(client, reps, || {
+            blur_axis_kernel::launch::<R>(
+                client,
+                crate::cube_count_for(n, threads),
+                CubeDim::new_1d(threads),
+                unsafe { ArrayArg::from_raw_parts(src.clone(), n) },
+                unsafe { ArrayArg::from_raw_parts(wh.clone(), w.len()) },
+                unsafe { ArrayArg::from_raw_parts(outh.clone(), n) },
+                shape[axis] as u32,
+                strides[axis] as u32,
+            );
+        });
+        let got = f32::from_bytes(&client.read_one_unchecked(outh.clone())).to_vec();
+        let want = blur_axis_reference(&data, shape, axis, &w);
+        let err = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        let gbs = (2 * n * 4) as f64 / (ms * 1e-3) / 1e9;
+        reports.push(KernelReport {
+            kernel: format!("gaussian blur axis {axis} (13 taps)"),
+            size: "41x512x512".into(),
             max_error: err,
             ms,
             gb_per_s: gbs,

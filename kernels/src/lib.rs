@@ -46,10 +46,12 @@ pub fn bench_on(device: Device, reps: usize) -> Result<Vec<KernelReport>, String
 }
 
 mod bench;
+mod blur;
 mod device;
 mod resample;
 
 pub use bench::{KernelReport, bench_kernels, copy_kernel};
+pub use blur::{blur_axis, blur_axis_kernel, blur_axis_reference, gaussian_weights};
 
 pub use device::{Device, UnknownDevice};
 pub use resample::{Shape3, resample_window, resample_window_kernel, resample_window_reference};

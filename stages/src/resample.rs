@@ -10,10 +10,14 @@
 //! resamples each trilinearly to `shape` (voxels along x, y, z; voxel centres aligned), maps the CT
 //! through the window to [0, 1] in the same pass, thresholds masks at 0.5, and writes the same
 //! file names with the new spacing. On `--device wgpu|cuda` the cubecl kernel runs; on `cpu` its
-//! reference. No anti-aliasing prefilter yet (see issue 3's notes), so strong downsampling aliases.
+//! reference. Before shrinking an axis by a factor f, the CT is low-passed along it with a
+//! Gaussian of σ = (f − 1)/2 voxels (skimage's `resize(anti_aliasing=True)` choice; edges repeat
+//! the border voxel where skimage reflects); `anti_aliasing: false` turns it off.
 
 use covflow_engine::{Stage, StageDecl, StageError, TaskContext};
-use covflow_kernels::{resample_window, resample_window_reference};
+use covflow_kernels::{
+    blur_axis, blur_axis_reference, gaussian_weights, resample_window, resample_window_reference,
+};
 use ndarray::Array3;
 
 use crate::volume::Volume;
@@ -56,41 +60,66 @@ fn window_param(
     }
 }
 
-/// Resamples on the task's device.
-fn run_kernel(
+/// Anti-aliasing (a Gaussian along each axis that shrinks, σ = (factor − 1) / 2) and then the
+/// resample, on the task's device: the cubecl kernels, or their CPU references on `cpu`.
+fn run_kernels(
     device: &str,
     data: &[f32],
     shape: [usize; 3],
     out: [usize; 3],
     window: Option<(f32, f32)>,
+    anti_alias: bool,
 ) -> Result<Vec<f32>, StageError> {
     use cubecl::Runtime;
+    macro_rules! pipeline {
+        ($blur:expr, $resample:expr) => {{
+            let mut v = data.to_vec();
+            if anti_alias {
+                for axis in 0..3 {
+                    let factor = shape[axis] as f64 / out[axis] as f64;
+                    if factor > 1.0 {
+                        let w = gaussian_weights((factor - 1.0) / 2.0);
+                        v = $blur(&v, shape, axis, &w);
+                    }
+                }
+            }
+            $resample(&v, shape, out, window)
+        }};
+    }
     Ok(match device {
-        "cpu" => resample_window_reference(data, shape, out, window),
+        "cpu" => pipeline!(blur_axis_reference, resample_window_reference),
         "wgpu" => {
             let client = cubecl::wgpu::WgpuRuntime::client(&Default::default());
-            resample_window(&client, data, shape, out, window)
+            pipeline!(
+                |v: &[f32], s, a, w: &[f32]| blur_axis(&client, v, s, a, w),
+                |v: &[f32], s, o, win| resample_window(&client, v, s, o, win)
+            )
         }
         #[cfg(feature = "cuda")]
         "cuda" => {
             let client = cubecl::cuda::CudaRuntime::client(&Default::default());
-            resample_window(&client, data, shape, out, window)
+            pipeline!(
+                |v: &[f32], s, a, w: &[f32]| blur_axis(&client, v, s, a, w),
+                |v: &[f32], s, o, win| resample_window(&client, v, s, o, win)
+            )
         }
         other => return Err(format!("resample cannot run on device `{other}`").into()),
     })
 }
 
-/// `volume` resampled to `out` voxels (the affine and spacing follow).
+/// `volume` resampled to `out` voxels (the affine and spacing follow), low-passed first along
+/// the axes that shrink when `anti_alias` is set.
 pub fn resample_volume(
     device: &str,
     volume: &Volume,
     out: [usize; 3],
     window: Option<(f32, f32)>,
+    anti_alias: bool,
 ) -> Result<Volume, StageError> {
     let (nx, ny, nz) = volume.data.dim();
     let input = volume.data.as_standard_layout();
     let data = input.as_slice().expect("standard layout");
-    let values = run_kernel(device, data, [nx, ny, nz], out, window)?;
+    let values = run_kernels(device, data, [nx, ny, nz], out, window, anti_alias)?;
     let data = Array3::from_shape_vec((out[0], out[1], out[2]), values)?;
     let scale = [
         nx as f64 / out[0] as f64,
@@ -123,11 +152,12 @@ impl Stage for ResampleStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: anti-aliasing prefilter.
+        2
     }
 
     fn help(&self) -> String {
-        "resample takes `shape: [x, y, z]` and optional `window: [low, high]` (HU; default [-1000, 400], null for none)".into()
+        "resample takes `shape: [x, y, z]`, optional `window: [low, high]` (HU; default [-1000, 400], null for none) and `anti_aliasing: true|false` (default true)".into()
     }
 
     fn check(&self, decl: &StageDecl) -> Result<(), String> {
@@ -140,6 +170,13 @@ impl Stage for ResampleStage {
         }
         shape_param(&decl.with)?;
         window_param(&decl.with)?;
+        if decl
+            .with
+            .get("anti_aliasing")
+            .is_some_and(|v| !v.is_boolean())
+        {
+            return Err("`anti_aliasing` must be true or false".into());
+        }
         if decl.needs.len() != 1 {
             return Err(
                 "resample reads exactly one upstream stage (its `foreach` or `needs`)".into(),
@@ -159,14 +196,21 @@ impl Stage for ResampleStage {
         } else {
             Some((-1000.0, 400.0))
         };
+        let anti_alias = ctx
+            .params
+            .get("anti_aliasing")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
         let input = ctx.inputs.first().ok_or("resample has no input")?;
         let ct_path = input.dir.join("ct.nii.gz");
         let ct = Volume::read(&ct_path)?;
-        resample_volume(ctx.device, &ct, out, window)?.write_f32(&ctx.out_dir.join("ct.nii.gz"))?;
+        resample_volume(ctx.device, &ct, out, window, anti_alias)?
+            .write_f32(&ctx.out_dir.join("ct.nii.gz"))?;
         for mask in ["lung.nii.gz", "lesion.nii.gz"] {
             let p = input.dir.join(mask);
             if p.is_file() {
-                let mut m = resample_volume(ctx.device, &Volume::read(&p)?, out, None)?;
+                // Masks are not low-passed: they are resampled and thresholded at 0.5.
+                let mut m = resample_volume(ctx.device, &Volume::read(&p)?, out, None, false)?;
                 m.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
                 m.write_u8(&ctx.out_dir.join(mask))?;
             }
@@ -198,10 +242,10 @@ mod tests {
         v.affine[0][3] = -100.0;
         v.affine[1][3] = 20.0;
         v.affine[2][3] = 5.0;
-        let same = resample_volume("cpu", &v, [8, 6, 4], None).unwrap();
+        let same = resample_volume("cpu", &v, [8, 6, 4], None, true).unwrap();
         assert_eq!(same.affine, v.affine);
         assert_eq!(same.data, v.data);
-        let half = resample_volume("cpu", &v, [4, 3, 2], Some((-1000.0, 400.0))).unwrap();
+        let half = resample_volume("cpu", &v, [4, 3, 2], Some((-1000.0, 400.0)), true).unwrap();
         assert_eq!(half.spacing, [1.4, 1.6, 16.0]);
         // New voxel 0 samples old index 0.5 on every axis: the same point in the patient.
         let a = world(&half, [0.0, 0.0, 0.0]);
