@@ -111,11 +111,7 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
         });
         let got = f32::from_bytes(&client.read_one_unchecked(outh)).to_vec();
         let want = resample_window_reference(&input, shape, out, Some((-1000.0, 400.0)));
-        let err = want
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let err = crate::max_abs_diff(&want, &got);
         let gbs = ((n_in + n_out) * 4) as f64 / (ms * 1e-3) / 1e9;
         reports.push(KernelReport {
             kernel: "resample+window".into(),
@@ -150,11 +146,7 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
         });
         let got = f32::from_bytes(&client.read_one_unchecked(outh.clone())).to_vec();
         let want = blur_axis_reference(&data, shape, axis, &w);
-        let err = want
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let err = crate::max_abs_diff(&want, &got);
         let gbs = (2 * n * 4) as f64 / (ms * 1e-3) / 1e9;
         reports.push(KernelReport {
             kernel: format!("gaussian blur axis {axis} (13 taps)"),

@@ -131,11 +131,7 @@ mod tests {
             let w = gaussian_weights(sigma);
             let want = blur_axis_reference(&input, shape, axis, &w);
             let got = blur_axis(&client, &input, shape, axis, &w);
-            let err = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let err = crate::max_abs_diff(&want, &got);
             assert!(err < 1e-2, "axis {axis} sigma {sigma}: max error {err} HU");
         }
     }

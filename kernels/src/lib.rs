@@ -23,6 +23,15 @@ pub(crate) fn random_hu(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Largest absolute difference between two equally long slices (a kernel against its reference).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared outputs differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// Checks and times every kernel on `device` (the CPU device runs nothing: its kernels are the
 /// references themselves).
 pub fn bench_on(device: Device, reps: usize) -> Result<Vec<KernelReport>, String> {

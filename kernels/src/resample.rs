@@ -192,11 +192,7 @@ mod tests {
             let got = resample_window(&client, &input, shape, out, window);
             assert_eq!(got.len(), want.len());
             let scale = if window.is_some() { 1.0 } else { 3000.0 };
-            let err = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs() / scale)
-                .fold(0.0f32, f32::max);
+            let err = crate::max_abs_diff(&want, &got) / scale;
             assert!(
                 err < 1e-5,
                 "shape {shape:?} → {out:?}: max relative error {err}"
