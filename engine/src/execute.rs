@@ -121,6 +121,34 @@ fn stage_inputs(wf: &Workflow, n: NodeIndex, inputs: &[Upstream]) -> Vec<Input> 
         .collect()
 }
 
+/// Runs task `n`'s stage once into `out_dir`: the one place a [`TaskContext`] is made, for real
+/// runs and for `audit --reexecute` alike.
+fn run_stage(
+    wf: &Workflow,
+    n: NodeIndex,
+    inputs: &[Input],
+    out_dir: &std::path::Path,
+    work_dir: &std::path::Path,
+    log: &TaskLog,
+    cancel: &CancelToken,
+) -> Result<(), crate::stage::StageError> {
+    let t = &wf.graph.graph[n];
+    let decl = &wf.pipeline.stages[t.stage];
+    let stage = wf.registry.stage(&decl.uses).expect("checked at load");
+    stage.run(&TaskContext {
+        pipeline_dir: &wf.pipeline.dir,
+        stage: &decl.name,
+        item: t.item.as_ref(),
+        params: &decl.with,
+        inputs,
+        out_dir,
+        work_dir,
+        device: &wf.device,
+        log,
+        cancel,
+    })
+}
+
 /// Runs one task whose inputs are finished, under the lock of its key: if another process made
 /// the artifact meanwhile it is `Cached`, else the stage runs into a staging directory that is
 /// published atomically. Blocking.
@@ -173,19 +201,7 @@ pub fn run_task(
             wf.graph.label(n),
             key.short()
         ));
-        let ctx = TaskContext {
-            pipeline_dir: &wf.pipeline.dir,
-            stage: &decl.name,
-            item: t.item.as_ref(),
-            params: &decl.with,
-            inputs: &task_inputs,
-            out_dir: &out_dir,
-            work_dir: &work,
-            device: &wf.device,
-            log: &log,
-            cancel,
-        };
-        match stage.run(&ctx) {
+        match run_stage(wf, n, &task_inputs, &out_dir, &work, &log, cancel) {
             Ok(()) => {
                 let provenance = json!({
                     "pipeline": wf.pipeline.name,
@@ -591,9 +607,6 @@ pub fn reexecute(
         message,
         log_tail: log.tail(20),
     };
-    let t = &wf.graph.graph[n];
-    let decl = &wf.pipeline.stages[t.stage];
-    let stage = wf.registry.stage(&decl.uses).expect("checked at load");
     let scratch = wf
         .store
         .scratch_dir()
@@ -604,20 +617,7 @@ pub fn reexecute(
         std::fs::create_dir_all(d).map_err(|e| fail(format!("{}: {e}", d.display()), &log))?;
     }
     let task_inputs = stage_inputs(wf, n, inputs);
-    let ctx = TaskContext {
-        pipeline_dir: &wf.pipeline.dir,
-        stage: &decl.name,
-        item: t.item.as_ref(),
-        params: &decl.with,
-        inputs: &task_inputs,
-        out_dir: &out_dir,
-        work_dir: &work_dir,
-        device: &wf.device,
-        log: &log,
-        cancel,
-    };
-    let result = stage
-        .run(&ctx)
+    let result = run_stage(wf, n, &task_inputs, &out_dir, &work_dir, &log, cancel)
         .map_err(|e| fail(e.to_string(), &log))
         .and_then(|()| {
             covflow_cache::scan_dir(&out_dir)
