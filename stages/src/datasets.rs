@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use covflow_engine::{DatasetSource, Item, valid_item_id};
+use covflow_engine::{DatasetSource, GlobSource, Item, valid_item_id};
 use serde_json::Value as Json;
 
 fn check_header(path: &Path) -> Result<(), String> {
@@ -150,32 +150,15 @@ impl DatasetSource for NiftiSource {
     }
 
     fn items(&self, spec: &Json, dir: &Path) -> Result<Vec<Item>, String> {
+        // The engine's glob source does the matching, ids and content digests; this adds the
+        // NIfTI header check.
         let pattern = spec["nifti"].as_str().ok_or("`nifti` must be a string")?;
-        let full = dir.join(pattern);
-        let mut paths: Vec<PathBuf> = glob::glob(&full.to_string_lossy())
-            .map_err(|e| format!("bad glob pattern `{pattern}`: {e}"))?
-            .filter_map(Result::ok)
-            .filter(|p| p.is_file())
-            .collect();
-        paths.sort();
-        if paths.is_empty() {
-            return Err(format!("no file matches `{}`", full.display()));
+        let items = GlobSource.items(&serde_json::json!({ "glob": pattern }), dir)?;
+        if items.is_empty() {
+            return Err(format!("no file matches `{}`", dir.join(pattern).display()));
         }
-        let mut items = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for p in paths {
-            let id = id_of(&p);
-            if !valid_item_id(&id) || !seen.insert(id.clone()) {
-                return Err(format!(
-                    "{}: id `{id}` is not usable or not unique",
-                    p.display()
-                ));
-            }
-            check_header(&p)?;
-            let digest = digest_of(&[&p])?;
-            let mut attrs = BTreeMap::new();
-            attrs.insert("path".into(), p.to_string_lossy().into_owned());
-            items.push(Item { id, digest, attrs });
+        for item in &items {
+            check_header(Path::new(&item.attrs["path"]))?;
         }
         Ok(items)
     }
