@@ -56,11 +56,18 @@ pub fn bench_on(device: Device, reps: usize) -> Result<Vec<KernelReport>, String
 
 mod bench;
 mod blur;
+mod ccl;
 mod device;
+mod morphology;
 mod resample;
 
 pub use bench::{KernelReport, bench_kernels, copy_kernel};
 pub use blur::{blur_axis, blur_axis_kernel, blur_axis_reference, gaussian_weights};
+pub use ccl::{
+    BACKGROUND, Connectivity, ccl_compress_kernel, ccl_init_kernel, ccl_merge_kernel,
+    label_components, label_components_reference,
+};
+pub use morphology::{Morph, ellipsoid_offsets, morph, morph_kernel, morph_reference};
 
 pub use device::{Device, UnknownDevice};
 pub use resample::{Shape3, resample_window, resample_window_kernel, resample_window_reference};
