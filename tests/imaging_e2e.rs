@@ -141,6 +141,7 @@ fn dice(a: &[f32], b: &[f32]) -> f64 {
 /// to the generator's own volumes: CT within float rounding, lesion and lung masks aligned.
 #[test]
 fn resample_stage_on_wgpu_matches_the_reference_and_keeps_masks_aligned() {
+    use covflow_kernels::Kernels;
     use covflow_stages::resample::resample_volume;
     use covflow_stages::volume::Volume;
     let s = Scratch::new();
@@ -184,7 +185,7 @@ stages:
             "windowed to [0, 1]"
         );
         let want = resample_volume(
-            "cpu",
+            &Kernels::Cpu,
             &Volume::read(&src.join("ct.nii.gz")).unwrap(),
             [64, 64, 12],
             Some((-1000.0, 400.0)),
@@ -201,7 +202,7 @@ stages:
         for mask in ["lesion.nii.gz", "lung.nii.gz"] {
             let m = Volume::read(&got.join(mask)).unwrap();
             let mut r = resample_volume(
-                "cpu",
+                &Kernels::Cpu,
                 &Volume::read(&src.join(mask)).unwrap(),
                 [64, 64, 12],
                 None,

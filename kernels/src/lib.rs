@@ -59,6 +59,7 @@ mod blur;
 mod ccl;
 mod device;
 mod morphology;
+mod ops;
 mod resample;
 
 pub use bench::{KernelReport, bench_kernels, copy_kernel};
@@ -70,4 +71,5 @@ pub use ccl::{
 pub use morphology::{Morph, ellipsoid_offsets, morph, morph_kernel, morph_reference};
 
 pub use device::{Device, UnknownDevice};
+pub use ops::Kernels;
 pub use resample::{Shape3, resample_window, resample_window_kernel, resample_window_reference};

@@ -1,10 +1,11 @@
 //! Binary dilation and erosion of a 3-D mask by an arbitrary structuring element (a list of
 //! voxel offsets; [`ellipsoid_offsets`] builds a ball in millimetres on anisotropic voxels).
 //!
-//! Outside the volume counts as background for dilation and as foreground for erosion, so a
-//! closing (dilate, then erode) never removes a voxel of the mask — scipy's `binary_closing`
-//! with its default `border_value=0` erodes masks that touch the volume's faces, which would cut
-//! the lungs' first and last slices.
+//! Outside the volume, the mask continues as its nearest face voxel (the volume is padded by
+//! replication), so an organ cut by the scan's first or last slice is closed as if it went on.
+//! scipy's `binary_closing` with its default `border_value=0` erodes masks that touch the faces
+//! (it would cut the lungs' first and last slices); a border of ones instead keeps everything
+//! within the element's radius of a face. A closing here never removes a voxel of the mask.
 
 use cubecl::prelude::*;
 
@@ -15,7 +16,7 @@ use crate::resample::Shape3;
 pub enum Morph {
     /// A voxel is set if any voxel under the element is.
     Dilate,
-    /// A voxel stays set only if every voxel under the element (inside the volume) is.
+    /// A voxel stays set only if every voxel under the element is.
     Erode,
 }
 
@@ -65,10 +66,11 @@ pub fn morph_reference(mask: &[u8], shape: Shape3, offsets: &[[i32; 3]], op: Mor
         for b in 0..d1 {
             for c in 0..d2 {
                 let hit = |o: &[i32; 3]| {
-                    let p = [a + o[0], b + o[1], c + o[2]];
-                    if p[0] < 0 || p[1] < 0 || p[2] < 0 || p[0] >= d0 || p[1] >= d1 || p[2] >= d2 {
-                        return op == Morph::Erode;
-                    }
+                    let p = [
+                        (a + o[0]).clamp(0, d0 - 1),
+                        (b + o[1]).clamp(0, d1 - 1),
+                        (c + o[2]).clamp(0, d2 - 1),
+                    ];
                     mask[((p[0] * d1 + p[1]) * d2 + p[2]) as usize] != 0
                 };
                 let set = match op {
@@ -80,6 +82,18 @@ pub fn morph_reference(mask: &[u8], shape: Shape3, offsets: &[[i32; 3]], op: Mor
         }
     }
     out
+}
+
+#[cube]
+fn clamp(v: i32, lo: i32, hi: i32) -> i32 {
+    let mut r = v;
+    if r < lo {
+        r = lo;
+    }
+    if r > hi {
+        r = hi;
+    }
+    r
 }
 
 /// One output voxel per unit; `erode` is 0 or 1, offsets are flattened triples.
@@ -105,18 +119,14 @@ pub fn morph_kernel(
     let mut found = false;
     for k in 0..n {
         if !found {
-            let p0 = a + offsets[3 * k];
-            let p1 = b + offsets[3 * k + 1];
-            let p2 = c + offsets[3 * k + 2];
-            let inside =
-                p0 >= 0 && p1 >= 0 && p2 >= 0 && p0 < d0 as i32 && p1 < d1 as i32 && p2 < d2 as i32;
-            if inside {
-                let v = input[((p0 as u32 * d1 + p1 as u32) * d2 + p2 as u32) as usize];
-                if erode == 0 {
-                    found = v != 0;
-                } else {
-                    found = v == 0;
-                }
+            let p0 = clamp(a + offsets[3 * k], 0, d0 as i32 - 1);
+            let p1 = clamp(b + offsets[3 * k + 1], 0, d1 as i32 - 1);
+            let p2 = clamp(c + offsets[3 * k + 2], 0, d2 as i32 - 1);
+            let v = input[((p0 as u32 * d1 + p1 as u32) * d2 + p2 as u32) as usize];
+            if erode == 0 {
+                found = v != 0;
+            } else {
+                found = v == 0;
             }
         }
     }

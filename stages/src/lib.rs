@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod datasets;
+pub mod lung_mask;
 pub mod models;
 pub mod phantom;
 pub mod phantom_stage;
@@ -18,6 +19,13 @@ pub fn register(registry: &mut Registry) {
     registry.add_dataset(datasets::NiftiSource);
     registry.add_stage(phantom_stage::PhantomStage);
     registry.add_stage(resample::ResampleStage);
+    registry.add_stage(lung_mask::LungMaskStage);
+}
+
+/// The kernels of a task's device (`ctx.device`).
+pub fn kernels_for(device: &str) -> Result<covflow_kernels::Kernels, covflow_engine::StageError> {
+    let d: Device = device.parse()?;
+    Ok(covflow_kernels::Kernels::on(d)?)
 }
 
 /// Errors of the stage kinds.

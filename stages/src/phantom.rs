@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::volume::Volume;
 
 /// Bumped whenever the generated volumes change (part of every phantom item's digest).
-pub const GENERATOR_VERSION: u32 = 1;
+pub const GENERATOR_VERSION: u32 = 2;
 
 /// Grid of a phantom.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -337,7 +337,9 @@ pub fn generate(seed: u64, index: u32, size: PhantomSize) -> Phantom {
                         (p[1] - (body_cy + body.1 + 18.0)).abs() < 5.0 && p[0].abs() < 150.0;
                     if e >= 1.0 {
                         if table { 250.0 } else { -1000.0 }
-                    } else if let Some(_side) = lungs.contains(p) {
+                    } else if let Some(_side) = lungs.contains(p).filter(|_| e < 0.64) {
+                        // Inside the rib cage (ribs at √e = 0.83): a chest wall always
+                        // separates the lungs from the air around the body.
                         lung[[i, j, k]] = 1;
                         let posterior = ((p[1] - lungs.cy) / 80.0).clamp(-1.0, 1.0);
                         -850.0

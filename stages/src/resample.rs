@@ -15,12 +15,45 @@
 //! the border voxel where skimage reflects); `anti_aliasing: false` turns it off.
 
 use covflow_engine::{Stage, StageDecl, StageError, TaskContext};
-use covflow_kernels::{
-    blur_axis, blur_axis_reference, gaussian_weights, resample_window, resample_window_reference,
-};
+use covflow_kernels::{Kernels, gaussian_weights};
 use ndarray::Array3;
 
 use crate::volume::Volume;
+
+/// What the numbers in a stage's `ct.nii.gz` mean, written beside it as `ct.json`: HU (no file,
+/// or `window: null`), or HU mapped through `window` to [0, 1]. Later stages read it to turn
+/// thresholds given in HU into the stored units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CtUnits {
+    /// `[low, high]` in HU that became [0, 1].
+    pub window: Option<(f32, f32)>,
+}
+
+impl CtUnits {
+    /// The units of the CT in `dir` (HU when `ct.json` is absent).
+    pub fn read(dir: &std::path::Path) -> Result<Self, StageError> {
+        let p = dir.join("ct.json");
+        if !p.exists() {
+            return Ok(Self::default());
+        }
+        let text = std::fs::read_to_string(&p)?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()).into())
+    }
+
+    /// Writes `ct.json` into `dir`.
+    pub fn write(&self, dir: &std::path::Path) -> Result<(), StageError> {
+        std::fs::write(dir.join("ct.json"), serde_json::to_string_pretty(self)?)?;
+        Ok(())
+    }
+
+    /// `hu` in the stored units (clamped to the window's range like the data).
+    pub fn from_hu(&self, hu: f32) -> f32 {
+        match self.window {
+            None => hu,
+            Some((lo, hi)) => ((hu - lo) / (hi - lo)).clamp(0.0, 1.0),
+        }
+    }
+}
 
 /// The `resample` stage kind.
 pub struct ResampleStage;
@@ -63,54 +96,29 @@ fn window_param(
 /// Anti-aliasing (a Gaussian along each axis that shrinks, σ = (factor − 1) / 2) and then the
 /// resample, on the task's device: the cubecl kernels, or their CPU references on `cpu`.
 fn run_kernels(
-    device: &str,
+    kernels: &Kernels,
     data: &[f32],
     shape: [usize; 3],
     out: [usize; 3],
     window: Option<(f32, f32)>,
     anti_alias: bool,
-) -> Result<Vec<f32>, StageError> {
-    use cubecl::Runtime;
-    macro_rules! pipeline {
-        ($blur:expr, $resample:expr) => {{
-            let mut v = data.to_vec();
-            if anti_alias {
-                for axis in 0..3 {
-                    let factor = shape[axis] as f64 / out[axis] as f64;
-                    if factor > 1.0 {
-                        let w = gaussian_weights((factor - 1.0) / 2.0);
-                        v = $blur(&v, shape, axis, &w);
-                    }
-                }
+) -> Vec<f32> {
+    let mut v = data.to_vec();
+    if anti_alias {
+        for axis in 0..3 {
+            let factor = shape[axis] as f64 / out[axis] as f64;
+            if factor > 1.0 {
+                v = kernels.blur_axis(&v, shape, axis, &gaussian_weights((factor - 1.0) / 2.0));
             }
-            $resample(&v, shape, out, window)
-        }};
+        }
     }
-    Ok(match device {
-        "cpu" => pipeline!(blur_axis_reference, resample_window_reference),
-        "wgpu" => {
-            let client = cubecl::wgpu::WgpuRuntime::client(&Default::default());
-            pipeline!(
-                |v: &[f32], s, a, w: &[f32]| blur_axis(&client, v, s, a, w),
-                |v: &[f32], s, o, win| resample_window(&client, v, s, o, win)
-            )
-        }
-        #[cfg(feature = "cuda")]
-        "cuda" => {
-            let client = cubecl::cuda::CudaRuntime::client(&Default::default());
-            pipeline!(
-                |v: &[f32], s, a, w: &[f32]| blur_axis(&client, v, s, a, w),
-                |v: &[f32], s, o, win| resample_window(&client, v, s, o, win)
-            )
-        }
-        other => return Err(format!("resample cannot run on device `{other}`").into()),
-    })
+    kernels.resample_window(&v, shape, out, window)
 }
 
 /// `volume` resampled to `out` voxels (the affine and spacing follow), low-passed first along
 /// the axes that shrink when `anti_alias` is set.
 pub fn resample_volume(
-    device: &str,
+    kernels: &Kernels,
     volume: &Volume,
     out: [usize; 3],
     window: Option<(f32, f32)>,
@@ -119,7 +127,7 @@ pub fn resample_volume(
     let (nx, ny, nz) = volume.data.dim();
     let input = volume.data.as_standard_layout();
     let data = input.as_slice().expect("standard layout");
-    let values = run_kernels(device, data, [nx, ny, nz], out, window, anti_alias)?;
+    let values = run_kernels(kernels, data, [nx, ny, nz], out, window, anti_alias);
     let data = Array3::from_shape_vec((out[0], out[1], out[2]), values)?;
     let scale = [
         nx as f64 / out[0] as f64,
@@ -152,8 +160,8 @@ impl Stage for ResampleStage {
     }
 
     fn version(&self) -> u32 {
-        // 2: anti-aliasing prefilter.
-        2
+        // 2: anti-aliasing prefilter; 3: writes ct.json (the CT's units).
+        3
     }
 
     fn help(&self) -> String {
@@ -162,9 +170,9 @@ impl Stage for ResampleStage {
 
     fn check(&self, decl: &StageDecl) -> Result<(), String> {
         for k in decl.with.keys() {
-            if !["shape", "window"].contains(&k.as_str()) {
+            if !["shape", "window", "anti_aliasing"].contains(&k.as_str()) {
                 return Err(format!(
-                    "unknown parameter `{k}` for resample (shape, window)"
+                    "unknown parameter `{k}` for resample (shape, window, anti_aliasing)"
                 ));
             }
         }
@@ -202,15 +210,17 @@ impl Stage for ResampleStage {
             .and_then(|v| v.as_bool())
             .unwrap_or(true);
         let input = ctx.inputs.first().ok_or("resample has no input")?;
+        let kernels = crate::kernels_for(ctx.device)?;
         let ct_path = input.dir.join("ct.nii.gz");
         let ct = Volume::read(&ct_path)?;
-        resample_volume(ctx.device, &ct, out, window, anti_alias)?
+        resample_volume(&kernels, &ct, out, window, anti_alias)?
             .write_f32(&ctx.out_dir.join("ct.nii.gz"))?;
+        CtUnits { window }.write(ctx.out_dir)?;
         for mask in ["lung.nii.gz", "lesion.nii.gz"] {
             let p = input.dir.join(mask);
             if p.is_file() {
                 // Masks are not low-passed: they are resampled and thresholded at 0.5.
-                let mut m = resample_volume(ctx.device, &Volume::read(&p)?, out, None, false)?;
+                let mut m = resample_volume(&kernels, &Volume::read(&p)?, out, None, false)?;
                 m.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
                 m.write_u8(&ctx.out_dir.join(mask))?;
             }
@@ -242,10 +252,11 @@ mod tests {
         v.affine[0][3] = -100.0;
         v.affine[1][3] = 20.0;
         v.affine[2][3] = 5.0;
-        let same = resample_volume("cpu", &v, [8, 6, 4], None, true).unwrap();
+        let same = resample_volume(&Kernels::Cpu, &v, [8, 6, 4], None, true).unwrap();
         assert_eq!(same.affine, v.affine);
         assert_eq!(same.data, v.data);
-        let half = resample_volume("cpu", &v, [4, 3, 2], Some((-1000.0, 400.0)), true).unwrap();
+        let half =
+            resample_volume(&Kernels::Cpu, &v, [4, 3, 2], Some((-1000.0, 400.0)), true).unwrap();
         assert_eq!(half.spacing, [1.4, 1.6, 16.0]);
         // New voxel 0 samples old index 0.5 on every axis: the same point in the patient.
         let a = world(&half, [0.0, 0.0, 0.0]);
