@@ -123,18 +123,7 @@ stages:
 }
 
 fn dice(a: &[f32], b: &[f32]) -> f64 {
-    let inter = a
-        .iter()
-        .zip(b)
-        .filter(|(x, y)| **x > 0.5 && **y > 0.5)
-        .count() as f64;
-    let sa = a.iter().filter(|x| **x > 0.5).count() as f64;
-    let sb = b.iter().filter(|x| **x > 0.5).count() as f64;
-    if sa + sb == 0.0 {
-        1.0
-    } else {
-        2.0 * inter / (sa + sb)
-    }
+    covflow_stages::lung_mask::dice(a.iter().map(|x| *x > 0.5), b.iter().map(|x| *x > 0.5))
 }
 
 /// The resample stage on wgpu (the cubecl kernel on lavapipe) against the CPU reference applied
@@ -214,4 +203,139 @@ stages:
             assert!(d >= 0.95, "{id} {mask}: Dice {d}");
         }
     }
+}
+
+/// The whole preprocessing on wgpu: phantom → resample → lung_mask → crop. Outputs have the
+/// declared shape, spacing and range; the lung mask matches the generator's; the lesion mask
+/// comes out of the crop aligned with the generator's own mask put through the CPU references
+/// with the same box; the CPU run gives the same volumes.
+#[test]
+fn preprocessing_on_wgpu_keeps_lesions_aligned_through_the_crop() {
+    use covflow_kernels::Kernels;
+    use covflow_stages::resample::resample_volume;
+    use covflow_stages::volume::Volume;
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        r#"
+name: pre
+datasets:
+  studies: {phantom: {count: 3, seed: 9, size: small}}
+stages:
+  scans: {uses: phantom, foreach: studies}
+  grid:
+    uses: resample
+    foreach: scans
+    with: {shape: [128, 128, 32]}
+  lungs: {uses: lung_mask, foreach: grid}
+  crops:
+    uses: crop
+    foreach: lungs
+    with: {shape: [96, 80, 24], margin: 1}
+"#,
+    );
+    for device in ["wgpu", "cpu"] {
+        let run = s.json(&["run", "p.yaml", "--device", device]);
+        assert_eq!(run["failed"], 0, "{run}");
+        for stage in ["scans", "lungs", "crops"] {
+            let out = s.run(&[
+                "export",
+                "p.yaml",
+                stage,
+                &format!("{device}/{stage}"),
+                "--device",
+                device,
+            ]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+    }
+    let read = |p: std::path::PathBuf| Volume::read(&p).unwrap();
+    for id in ["study_0001", "study_0002", "study_0003"] {
+        let got = s.path().join("wgpu/crops").join(id);
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(s.path().join("wgpu/lungs").join(id).join("lung_mask.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let lung_dice = report["report"]["reference_dice"].as_f64().unwrap();
+        assert!(lung_dice >= 0.97, "{id}: lung mask Dice {lung_dice}");
+
+        let crop: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(got.join("crop.json")).unwrap()).unwrap();
+        let lo: Vec<usize> = serde_json::from_value(crop["box"]["lo"].clone()).unwrap();
+        let hi: Vec<usize> = serde_json::from_value(crop["box"]["hi"].clone()).unwrap();
+        let ct = read(got.join("ct.nii.gz"));
+        assert_eq!(ct.data.dim(), (96, 80, 24));
+        assert!(
+            ct.data.iter().all(|v| (0.0..=1.0).contains(v)),
+            "{id}: windowed CT"
+        );
+        // Spacing: the box's extent on the 128 × 128 × 32 grid, spread over the output voxels.
+        let grid_spacing = [2.8, 2.8, 4.0];
+        for (a, n) in [96, 80, 24].into_iter().enumerate() {
+            let want = (hi[a] - lo[a] + 1) as f64 * grid_spacing[a] / n as f64;
+            assert!(
+                (ct.spacing[a] - want).abs() < 1e-4,
+                "{id} axis {a}: {} vs {want}",
+                ct.spacing[a]
+            );
+        }
+        let cpu = read(s.path().join("cpu/crops").join(id).join("ct.nii.gz"));
+        let err = ct
+            .data
+            .iter()
+            .zip(cpu.data.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "{id}: wgpu and cpu crops differ by {err}");
+        for mask in ["lung.nii.gz", "lesion.nii.gz"] {
+            let a = read(got.join(mask));
+            let b = read(s.path().join("cpu/crops").join(id).join(mask));
+            assert!(
+                dice(a.data.as_slice().unwrap(), b.data.as_slice().unwrap()) > 0.999,
+                "{id} {mask}: devices disagree"
+            );
+        }
+
+        // The generator's lesion mask through the CPU references with the crop's own box.
+        let truth = read(s.path().join("wgpu/scans").join(id).join("lesion.nii.gz"));
+        let k = Kernels::Cpu;
+        let mut g = resample_volume(&k, &truth, [128, 128, 32], None, false).unwrap();
+        g.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
+        let mut want = resample_volume(
+            &k,
+            &g.crop([lo[0], lo[1], lo[2]], [hi[0], hi[1], hi[2]]),
+            [96, 80, 24],
+            None,
+            false,
+        )
+        .unwrap();
+        want.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
+        let lesion = read(got.join("lesion.nii.gz"));
+        let lesion_voxels = want.data.iter().filter(|v| **v > 0.5).count();
+        if id == "study_0002" {
+            assert_eq!(lesion_voxels, 0, "CT-0 has no lesions");
+        } else {
+            assert!(lesion_voxels > 100, "{id}: a lesion to compare");
+        }
+        let d = dice(
+            lesion.data.as_slice().unwrap(),
+            want.data.as_slice().unwrap(),
+        );
+        assert!(d >= 0.95, "{id}: lesion Dice after the crop {d}");
+    }
+}
+
+/// The README's demo runs end to end and a second run is fully cached.
+#[test]
+fn demo_pipeline_runs_and_then_is_cached() {
+    let s = Scratch::new();
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.yaml");
+    std::fs::copy(&demo, s.path().join("demo.yaml")).unwrap();
+    let first = s.json(&["run", "demo.yaml", "--set", "params.count=2"]);
+    assert_eq!(first["failed"], 0, "{first}");
+    assert!(first["executed"].as_u64().unwrap() >= 9, "{first}");
+    let again = s.json(&["run", "demo.yaml", "--set", "params.count=2"]);
+    assert_eq!(again["executed"], 0, "{again}");
+    assert_eq!(again["cached"], first["executed"], "{again}");
 }

@@ -1,6 +1,7 @@
 //! covflow's stage kinds, one module each, and the models they train.
 
 pub mod bench;
+pub mod crop;
 pub mod datasets;
 pub mod lung_mask;
 pub mod models;
@@ -20,6 +21,7 @@ pub fn register(registry: &mut Registry) {
     registry.add_stage(phantom_stage::PhantomStage);
     registry.add_stage(resample::ResampleStage);
     registry.add_stage(lung_mask::LungMaskStage);
+    registry.add_stage(crop::CropStage);
 }
 
 /// The kernels of a task's device (`ctx.device`).

@@ -58,7 +58,7 @@ impl CtUnits {
 /// The `resample` stage kind.
 pub struct ResampleStage;
 
-fn shape_param(
+pub(crate) fn shape_param(
     decl_with: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<[usize; 3], String> {
     let v = decl_with

@@ -197,6 +197,33 @@ impl Volume {
         }
     }
 
+    /// The voxels from `lo` to `hi` (inclusive) on each axis; the affine moves its origin to
+    /// voxel `lo`, so every kept voxel stays where it was in the patient.
+    ///
+    /// ```
+    /// use covflow_stages::volume::Volume;
+    /// let v = Volume::new(ndarray::Array3::from_elem((4, 5, 6), 1.0), [0.5, 0.5, 2.0]);
+    /// let c = v.crop([1, 2, 3], [2, 4, 3]);
+    /// assert_eq!(c.data.dim(), (2, 3, 1));
+    /// assert_eq!([c.affine[0][3], c.affine[1][3], c.affine[2][3]], [0.5, 1.0, 6.0]);
+    /// ```
+    pub fn crop(&self, lo: [usize; 3], hi: [usize; 3]) -> Volume {
+        use ndarray::s;
+        let data = self
+            .data
+            .slice(s![lo[0]..=hi[0], lo[1]..=hi[1], lo[2]..=hi[2]])
+            .to_owned();
+        let mut affine = self.affine;
+        for row in affine.iter_mut().take(3) {
+            row[3] += (0..3).map(|c| row[c] * lo[c] as f64).sum::<f64>();
+        }
+        Volume {
+            data,
+            spacing: self.spacing,
+            affine,
+        }
+    }
+
     /// Reads a `.nii` or `.nii.gz`.
     pub fn read(path: &Path) -> Result<Self, VolumeError> {
         Ok(Self::read_with_info(path)?.0)
