@@ -42,6 +42,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         reps: usize,
     },
+    /// Time each preprocessing step (decode, resample + window, lung mask, crop) on one study,
+    /// on the CPU references or the GPU kernels (one JSON line per step).
+    Preprocess {
+        /// A CT in HU (`covflow phantom --size mosmed` writes MosMed-like ones).
+        input: std::path::PathBuf,
+        /// cpu, wgpu, or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+        /// The resample grid, x,y,z.
+        #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [128, 128, 32])]
+        grid: Vec<usize>,
+        /// Repetitions per step (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// Hash files the way the cache does (blake3, parallel, mmap for large files); prints GB/s.
     Hash {
         /// Files to hash.
@@ -72,6 +87,19 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
             json["width_div"] = width_div.into();
             json["conv"] = serde_json::to_value(imp)?;
             println!("{}", serde_json::to_string(&json)?);
+        }
+        BenchCommand::Preprocess {
+            input,
+            device,
+            grid,
+            reps,
+        } => {
+            let grid = [grid[0], grid[1], grid[2]];
+            for t in covflow_stages::bench::preprocess(device, &input, grid, reps)? {
+                let mut json = serde_json::to_value(&t)?;
+                json["device"] = device.name().into();
+                println!("{}", serde_json::to_string(&json)?);
+            }
         }
         BenchCommand::Kernels { device, reps } => {
             let reports = covflow_kernels::bench_on(device, reps).map_err(Failure::Failed)?;

@@ -339,3 +339,38 @@ fn demo_pipeline_runs_and_then_is_cached() {
     assert_eq!(again["executed"], 0, "{again}");
     assert_eq!(again["cached"], first["executed"], "{again}");
 }
+
+/// `pipelines/mosmed.yaml` on a MosMed-layout tree (phantoms written by `covflow phantom`): the
+/// resample stage reads the studies, their expert masks and lung masks straight from the dataset.
+#[test]
+fn mosmed_pipeline_reads_the_layout_directly() {
+    let s = Scratch::new();
+    let out = s.run(&["phantom", "--out", "mm", "--count", "3", "--seed", "6"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pipeline = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/mosmed.yaml");
+    std::fs::copy(&pipeline, s.path().join("mosmed.yaml")).unwrap();
+    let set = [
+        "--set",
+        "params.root=mm",
+        "--set",
+        "params.grid=[128, 128, 32]",
+    ];
+    let run = s.json(&[&["run", "mosmed.yaml"][..], &set].concat());
+    assert_eq!(run["failed"], 0, "{run}");
+    assert_eq!(run["executed"], 9, "{run}");
+    let out = s.run(&[&["export", "mosmed.yaml", "lungs", "lungs"][..], &set].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    for id in ["study_0001", "study_0002", "study_0003"] {
+        let dir = s.path().join("lungs").join(id);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("lung_mask.json")).unwrap())
+                .unwrap();
+        let d = report["report"]["reference_dice"].as_f64().unwrap();
+        assert!(
+            d >= 0.97,
+            "{id}: lung Dice {d} against the tree's lungs/ mask"
+        );
+        // The tree's masks/ (every phantom has one, empty for CT-0) travel with the study.
+        assert!(dir.join("lesion.nii.gz").is_file(), "{id}");
+    }
+}

@@ -38,3 +38,95 @@ pub fn transunet(
         }
     })
 }
+
+/// Time of one preprocessing step on one volume.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepTiming {
+    /// What was timed.
+    pub step: String,
+    /// Input voxels (x × y × z).
+    pub shape: [usize; 3],
+    /// Median over the repetitions, milliseconds.
+    pub median_ms: f64,
+}
+
+fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let start = std::time::Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Times each preprocessing step on the study at `ct_path` (a `.nii.gz` in HU) on `device`:
+/// decoding, resample + window to `grid`, lung mask on the grid and at full resolution, crop.
+/// The first repetition of each GPU step includes its kernel compilation; the median does not.
+pub fn preprocess(
+    device: Device,
+    ct_path: &std::path::Path,
+    grid: [usize; 3],
+    reps: usize,
+) -> Result<Vec<StepTiming>, crate::StageError> {
+    use crate::lung_mask::{LungMaskParams, segment_lungs};
+    use crate::resample::{CtUnits, resample_volume};
+    use crate::volume::Volume;
+    let kernels =
+        covflow_kernels::Kernels::on(device).map_err(|_| StageError::DeviceNotBuilt(device))?;
+    let reps = reps.max(1);
+    let mut out = Vec::new();
+    let mut ct = Volume::read(ct_path).map_err(|e| StageError::Other(e.to_string()))?;
+    let (x, y, z) = ct.data.dim();
+    let full = [x, y, z];
+    out.push(StepTiming {
+        step: "decode .nii.gz".into(),
+        shape: full,
+        median_ms: median_ms(reps, || ct = Volume::read(ct_path).expect("read above")),
+    });
+    let window = Some((-1000.0, 400.0));
+    let units = CtUnits { window };
+    let mut g = resample_volume(&kernels, &ct, grid, window, true)
+        .map_err(|e| StageError::Other(e.to_string()))?;
+    out.push(StepTiming {
+        step: "resample + window (anti-aliased)".into(),
+        shape: full,
+        median_ms: median_ms(reps, || {
+            g = resample_volume(&kernels, &ct, grid, window, true).expect("ran above")
+        }),
+    });
+    let params = LungMaskParams::default();
+    let (mut mask, _) = segment_lungs(&kernels, &g, units, &params);
+    out.push(StepTiming {
+        step: "lung_mask on the grid".into(),
+        shape: grid,
+        median_ms: median_ms(reps, || {
+            mask = segment_lungs(&kernels, &g, units, &params).0
+        }),
+    });
+    let _ = segment_lungs(&kernels, &ct, CtUnits::default(), &params);
+    out.push(StepTiming {
+        step: "lung_mask at full resolution".into(),
+        shape: full,
+        median_ms: median_ms(reps, || {
+            segment_lungs(&kernels, &ct, CtUnits::default(), &params);
+        }),
+    });
+    let lung = mask.mapv(f32::from);
+    let b = crate::crop::lung_box(&lung, 0)
+        .ok_or_else(|| StageError::Other("empty lung mask".into()))?;
+    out.push(StepTiming {
+        step: "crop (CT + mask)".into(),
+        shape: grid,
+        median_ms: median_ms(reps, || {
+            let c = g.crop(b.lo, b.hi);
+            resample_volume(&kernels, &c, grid, None, true).expect("ran above");
+            let mut m = g.clone();
+            m.data = lung.clone();
+            resample_volume(&kernels, &m.crop(b.lo, b.hi), grid, None, false).expect("ran above");
+        }),
+    });
+    Ok(out)
+}

@@ -38,8 +38,9 @@ fn id_of(path: &Path) -> String {
 }
 
 /// `mosmed: {root: DIR}`: `DIR/studies/CT-0…CT-4/study_NNNN.nii.gz`, with the expert mask
-/// `DIR/masks/study_NNNN_mask.nii.gz` when there is one. Items carry `path`, `category` and
-/// `mask`.
+/// `DIR/masks/study_NNNN_mask.nii.gz` when there is one, and a lung mask
+/// `DIR/lungs/study_NNNN_lung.nii.gz` when there is one (`covflow phantom` writes them). Items
+/// carry `path`, `category`, and `mask` / `lung` when present.
 pub struct MosmedSource;
 
 impl DatasetSource for MosmedSource {
@@ -116,17 +117,22 @@ impl DatasetSource for MosmedSource {
                 ));
             }
             check_header(&path)?;
-            let mask = root.join("masks").join(format!("{id}_mask.nii.gz"));
             let mut attrs = BTreeMap::new();
             attrs.insert("path".into(), path.to_string_lossy().into_owned());
             attrs.insert("category".into(), category);
-            let digest = if mask.is_file() {
-                check_header(&mask)?;
-                attrs.insert("mask".into(), mask.to_string_lossy().into_owned());
-                digest_of(&[&path, &mask])?
-            } else {
-                digest_of(&[&path])?
-            };
+            // The expert lesion mask (50 of MosMed's studies) and a lung mask (phantom trees
+            // carry one), each part of the item's digest when present.
+            let mut files = vec![path.clone()];
+            for (attr, dir, suffix) in [("mask", "masks", "mask"), ("lung", "lungs", "lung")] {
+                let p = root.join(dir).join(format!("{id}_{suffix}.nii.gz"));
+                if p.is_file() {
+                    check_header(&p)?;
+                    attrs.insert(attr.into(), p.to_string_lossy().into_owned());
+                    files.push(p);
+                }
+            }
+            let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+            let digest = digest_of(&refs)?;
             items.push(Item { id, digest, attrs });
         }
         Ok(items)

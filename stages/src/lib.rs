@@ -38,4 +38,7 @@ pub enum StageError {
         "this covflow was built without {0} support\n  help: rebuild with `cargo build --release --features {0}` or pass --device cpu"
     )]
     DeviceNotBuilt(Device),
+    /// Anything else, explained.
+    #[error("{0}")]
+    Other(String),
 }

@@ -174,15 +174,40 @@ pub fn segment_lungs(
     let radii = [0, 1, 2].map(|a| params.closing_mm / ct.spacing[a]);
     let ball = ellipsoid_offsets(radii);
     let mut mask = vec![0u8; air.len()];
+    // Work in the component's box widened by the element's radius + 1: whatever touches the
+    // box's in-plane faces there is outside the lung in the whole volume too, and the closing
+    // cannot reach past it, so the result is the same as on the whole volume, for a fraction
+    // of the work (each lung fills about a sixth of a MosMed volume's box).
+    let pad = [0, 1, 2].map(|a| radii[a].floor() as usize + 1);
     for &(_, root) in &kept {
-        let mut one: Vec<u8> = labels.iter().map(|&l| (l == root) as u8).collect();
-        fill_holes_per_slice(kernels, &mut one, shape);
-        if ball.len() > 1 {
-            let dilated = kernels.morph(&one, shape, &ball, Morph::Dilate);
-            one = kernels.morph(&dilated, shape, &ball, Morph::Erode);
-            fill_holes_per_slice(kernels, &mut one, shape);
+        let mut lo = shape;
+        let mut hi = [0usize; 3];
+        for (i, _) in labels.iter().enumerate().filter(|(_, l)| **l == root) {
+            let p = [i / (d1 * d2), (i / d2) % d1, i % d2];
+            for a in 0..3 {
+                lo[a] = lo[a].min(p[a]);
+                hi[a] = hi[a].max(p[a]);
+            }
         }
-        mask.iter_mut().zip(&one).for_each(|(m, o)| *m |= o);
+        let lo = [0, 1, 2].map(|a| lo[a].saturating_sub(pad[a]));
+        let hi = [0, 1, 2].map(|a| (hi[a] + pad[a]).min(shape[a] - 1));
+        let sub = [0, 1, 2].map(|a| hi[a] - lo[a] + 1);
+        let at = |p: [usize; 3]| ((p[0] + lo[0]) * d1 + p[1] + lo[1]) * d2 + p[2] + lo[2];
+        let mut one = vec![0u8; sub.iter().product()];
+        for (j, v) in one.iter_mut().enumerate() {
+            let p = [j / (sub[1] * sub[2]), (j / sub[2]) % sub[1], j % sub[2]];
+            *v = (labels[at(p)] == root) as u8;
+        }
+        fill_holes_per_slice(kernels, &mut one, sub);
+        if ball.len() > 1 {
+            let dilated = kernels.morph(&one, sub, &ball, Morph::Dilate);
+            one = kernels.morph(&dilated, sub, &ball, Morph::Erode);
+            fill_holes_per_slice(kernels, &mut one, sub);
+        }
+        for (j, v) in one.iter().enumerate() {
+            let p = [j / (sub[1] * sub[2]), (j / sub[2]) % sub[1], j % sub[2]];
+            mask[at(p)] |= v;
+        }
     }
 
     let lung_voxels = mask.iter().filter(|&&m| m != 0).count();

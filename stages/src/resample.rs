@@ -58,6 +58,41 @@ impl CtUnits {
 /// The `resample` stage kind.
 pub struct ResampleStage;
 
+/// Where a task's study comes from: an upstream artifact (`ct.nii.gz`, `lung.nii.gz`,
+/// `lesion.nii.gz`) or a dataset item (`path`, and `lung`/`mask` when the source has them).
+struct StudyFiles {
+    ct: std::path::PathBuf,
+    lung: Option<std::path::PathBuf>,
+    lesion: Option<std::path::PathBuf>,
+}
+
+impl StudyFiles {
+    fn of(ctx: &TaskContext) -> Result<Self, StageError> {
+        if let Some(input) = ctx.inputs.first() {
+            let file = |name: &str| Some(input.dir.join(name)).filter(|p| p.is_file());
+            return Ok(Self {
+                ct: input.dir.join("ct.nii.gz"),
+                lung: file("lung.nii.gz"),
+                lesion: file("lesion.nii.gz"),
+            });
+        }
+        let item = ctx
+            .item
+            .ok_or("resample has neither an upstream stage nor an item")?;
+        let attr = |k: &str| item.attrs.get(k).map(|p| ctx.pipeline_dir.join(p));
+        Ok(Self {
+            ct: attr("path").ok_or_else(|| {
+                format!(
+                    "item `{}` has no `path`\n  help: `foreach:` a `mosmed` or `nifti` dataset, or a stage that writes ct.nii.gz",
+                    item.id
+                )
+            })?,
+            lung: attr("lung"),
+            lesion: attr("mask"),
+        })
+    }
+}
+
 pub(crate) fn shape_param(
     decl_with: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<[usize; 3], String> {
@@ -185,9 +220,9 @@ impl Stage for ResampleStage {
         {
             return Err("`anti_aliasing` must be true or false".into());
         }
-        if decl.needs.len() != 1 {
+        if decl.needs.len() > 1 || (decl.needs.is_empty() && decl.foreach.is_none()) {
             return Err(
-                "resample reads exactly one upstream stage (its `foreach` or `needs`)".into(),
+                "resample reads one upstream stage (its `foreach` or `needs`), or the studies of a `mosmed`/`nifti` dataset (`foreach: DATASET`)".into(),
             );
         }
         Ok(())
@@ -209,16 +244,15 @@ impl Stage for ResampleStage {
             .get("anti_aliasing")
             .and_then(|v| v.as_bool())
             .unwrap_or(true);
-        let input = ctx.inputs.first().ok_or("resample has no input")?;
         let kernels = crate::kernels_for(ctx.device)?;
-        let ct_path = input.dir.join("ct.nii.gz");
+        let study = StudyFiles::of(ctx)?;
+        let ct_path = study.ct;
         let ct = Volume::read(&ct_path)?;
         resample_volume(&kernels, &ct, out, window, anti_alias)?
             .write_f32(&ctx.out_dir.join("ct.nii.gz"))?;
         CtUnits { window }.write(ctx.out_dir)?;
-        for mask in ["lung.nii.gz", "lesion.nii.gz"] {
-            let p = input.dir.join(mask);
-            if p.is_file() {
+        for (mask, p) in [("lung.nii.gz", study.lung), ("lesion.nii.gz", study.lesion)] {
+            if let Some(p) = p {
                 // Masks are not low-passed: they are resampled and thresholded at 0.5.
                 let mut m = resample_volume(&kernels, &Volume::read(&p)?, out, None, false)?;
                 m.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
