@@ -111,11 +111,23 @@ PY
         echo "[kernels] check and time (JSON per kernel: max_error, ms, GB/s, % of copy)"
         (cd "$work" && timeout 120 "$bin" bench kernels --device cuda --reps 20) \
             | tee "$work/logs/kernels.jsonl" || echo "[kernels] FAILED"
+        # The preprocessing per MosMed-size study: the kernels on CUDA and the CPU references,
+        # on the same machine and the same phantom.
+        echo "[preprocess] per-step times, cuda then cpu"
+        (cd "$work" && "$bin" phantom --out "$work/mm" --count 1 --size mosmed > /dev/null \
+            && timeout 60 "$bin" bench preprocess "$work/mm/studies/CT-1/study_0001.nii.gz" --device cuda --reps 5 \
+            && timeout 60 "$bin" bench preprocess "$work/mm/studies/CT-1/study_0001.nii.gz" --device cpu --reps 3) \
+            | tee "$work/logs/preprocess.jsonl" || echo "[preprocess] FAILED"
         setup "$work/run" "$work/cache" disabled
         bench cold-b8 "$work/run" 180 "$bin" --batch 8 --steps 20
         bench warm-b8 "$work/run" 60 "$bin" --batch 8 --steps 30
+        # Session 1 saw cubecl's persistent pool allocate new pages every step: the same warm
+        # run with dynamic allocation only.
+        setup "$work/nopersist" "$work/cache" disabled
+        printf '\n[memory]\npersistent_memory = "disabled"\n' >> "$work/nopersist/cubecl.toml"
+        bench nopersist-warm-b8 "$work/nopersist" 60 "$bin" --batch 8 --steps 30
         bench warm-b32 "$work/run" 90 "$bin" --batch 32 --steps 20
-        bench warm2-b32 "$work/run" 60 "$bin" --batch 32 --steps 20
+        bench nopersist-warm-b32 "$work/nopersist" 90 "$bin" --batch 32 --steps 20
 
         echo "[pytorch] reference"
         (timeout 90 python3 scripts/transunet_ref.py --batch 8 32 --steps 30 \
