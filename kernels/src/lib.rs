@@ -61,6 +61,7 @@ mod device;
 mod morphology;
 mod ops;
 mod resample;
+mod upsample;
 
 pub use bench::{KernelReport, bench_kernels, copy_kernel};
 pub use blur::{blur_axis, blur_axis_kernel, blur_axis_reference, gaussian_weights};
@@ -73,3 +74,7 @@ pub use morphology::{Morph, ellipsoid_offsets, morph, morph_kernel, morph_refere
 pub use device::{Device, UnknownDevice};
 pub use ops::Kernels;
 pub use resample::{Shape3, resample_window, resample_window_kernel, resample_window_reference};
+pub use upsample::{
+    launch_upsample2x, launch_upsample2x_backward, upsample2x_backward_kernel,
+    upsample2x_backward_reference, upsample2x_kernel, upsample2x_reference,
+};

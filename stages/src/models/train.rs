@@ -6,7 +6,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Distribution, ElementConversion, Tensor, backend::Backend};
+use burn::tensor::{Distribution, ElementConversion, Tensor};
 
 use super::losses::{contrastive, mse, sensitivity_bce};
 use super::transunet::{TransUNet, TransUNetConfig};
@@ -34,14 +34,14 @@ impl Default for LossConfig {
 
 /// The TransUNet with the projection head the contrastive loss reads (bottleneck → 128).
 #[derive(Module, Debug)]
-pub struct SegmentationLearner<B: Backend> {
+pub struct SegmentationLearner<B: crate::models::UpsampleBackend> {
     /// The segmentation network.
     pub net: TransUNet<B>,
     /// Projection of the pooled bottleneck features.
     pub projection: Linear<B>,
 }
 
-impl<B: Backend> SegmentationLearner<B> {
+impl<B: crate::models::UpsampleBackend> SegmentationLearner<B> {
     /// A fresh learner.
     pub fn new(config: &TransUNetConfig, device: &B::Device) -> Self {
         Self {
@@ -98,20 +98,23 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn wait<B: Backend>(device: &B::Device) {
+fn wait<B: crate::models::UpsampleBackend>(device: &B::Device) {
     // A failure to sync shows up again at the next read; timing only needs the barrier.
     let _ = B::sync(device);
 }
 
 /// Trains `steps` Adam steps on random slices (fixed seed) and times them; every step ends with
 /// a device sync so that the time is the device's, not the launch queue's.
-pub fn bench_training<B: AutodiffBackend>(
+pub fn bench_training<B: AutodiffBackend + crate::models::UpsampleBackend>(
     config: &TransUNetConfig,
     device: &B::Device,
     batch: usize,
     steps: usize,
     mut progress: impl FnMut(&str),
-) -> TrainingBench {
+) -> TrainingBench
+where
+    B::InnerBackend: crate::models::UpsampleBackend,
+{
     B::seed(device, 7);
     let mut learner = SegmentationLearner::<B>::new(config, device);
     let params = super::transunet::trainable_params(&learner.net);
