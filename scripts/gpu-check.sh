@@ -119,6 +119,12 @@ PY
             && timeout 60 "$bin" bench preprocess "$work/mm/studies/CT-1/study_0001.nii.gz" --device cpu --reps 3) \
             | tee "$work/logs/preprocess.jsonl" || echo "[preprocess] FAILED"
         setup "$work/run" "$work/cache" disabled
+        # Implicit-GEMM convolution (burn-cubecl, matrix units) against burn's conv2d on the card:
+        # relative errors forward/backward and times, at the TransUNet's shapes.
+        echo "[conv] implicit-gemm and im2col vs burn conv2d (JSON per shape)"
+        (cd "$work/run" && timeout 90 "$bin" bench conv --device cuda --conv implicit-gemm --batch 8 --reps 5 \
+            && timeout 60 "$bin" bench conv --device cuda --conv im2col --batch 8 --reps 5) 2>&1 \
+            | tee "$work/logs/conv.jsonl" || echo "[conv] FAILED"
         bench cold-b8 "$work/run" 180 "$bin" --batch 8 --steps 20
         bench warm-b8 "$work/run" 60 "$bin" --batch 8 --steps 30
         # Session 1 saw cubecl's persistent pool allocate new pages every step: the same warm
@@ -126,6 +132,7 @@ PY
         setup "$work/nopersist" "$work/cache" disabled
         printf '\n[memory]\npersistent_memory = "disabled"\n' >> "$work/nopersist/cubecl.toml"
         bench nopersist-warm-b8 "$work/nopersist" 60 "$bin" --batch 8 --steps 30
+        bench gemm-b8 "$work/run" 120 "$bin" --batch 8 --steps 20 --conv implicit-gemm
         bench warm-b32 "$work/run" 90 "$bin" --batch 32 --steps 20
         bench nopersist-warm-b32 "$work/nopersist" 90 "$bin" --batch 32 --steps 20
 

@@ -9,6 +9,17 @@ use crate::Failure;
 pub enum Conv {
     Im2col,
     Native,
+    ImplicitGemm,
+}
+
+impl From<Conv> for covflow_stages::models::ConvImpl {
+    fn from(c: Conv) -> Self {
+        match c {
+            Conv::Im2col => Self::Im2col,
+            Conv::Native => Self::Native,
+            Conv::ImplicitGemm => Self::ImplicitGemm,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -28,9 +39,27 @@ pub enum BenchCommand {
         /// Divide every width by this (1 = the seed configuration, 66.9 M parameters).
         #[arg(long, default_value_t = 1)]
         width_div: usize,
-        /// Convolution implementation: im2col (+ matmul, covflow's default) or native (burn's).
+        /// Convolution implementation: im2col (+ matmul, covflow's default), native (burn's
+        /// default kernel choice) or implicit-gemm (burn-cubecl's, without autotune).
         #[arg(long, value_enum, default_value_t = Conv::Im2col)]
         conv: Conv,
+    },
+    /// Check a convolution implementation against burn's conv2d on the same device at the
+    /// TransUNet's shapes (forward, input/weight/bias gradients, relative error) and time both
+    /// (one JSON line per shape; exit 1 when an error exceeds 1e-3).
+    Conv {
+        /// cpu, wgpu, or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+        /// The implementation to check.
+        #[arg(long, value_enum, default_value_t = Conv::ImplicitGemm)]
+        conv: Conv,
+        /// Batch.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Timed repetitions (median).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
     },
     /// Check every GPU kernel against its CPU reference at MosMed sizes and time it beside a
     /// plain copy (one JSON line per kernel).
@@ -77,16 +106,32 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
             width_div,
             conv,
         } => {
-            let imp = match conv {
-                Conv::Im2col => covflow_stages::models::ConvImpl::Im2col,
-                Conv::Native => covflow_stages::models::ConvImpl::Native,
-            };
+            let imp = conv.into();
             let report = covflow_stages::bench::transunet(device, batch, steps, width_div, imp)?;
             let mut json = serde_json::to_value(&report)?;
             json["device"] = device.name().into();
             json["width_div"] = width_div.into();
             json["conv"] = serde_json::to_value(imp)?;
             println!("{}", serde_json::to_string(&json)?);
+        }
+        BenchCommand::Conv {
+            device,
+            conv,
+            batch,
+            reps,
+        } => {
+            let mut bad = 0;
+            for r in covflow_stages::bench::conv(device, conv.into(), batch, reps)? {
+                bad += r.rel_error.iter().any(|e| e.is_nan() || *e >= 1e-3) as usize;
+                let mut json = serde_json::to_value(&r)?;
+                json["device"] = device.name().into();
+                println!("{}", serde_json::to_string(&json)?);
+            }
+            if bad > 0 {
+                return Err(Failure::Failed(format!(
+                    "{bad} shape(s) differ from burn's conv2d by more than 1e-3 (relative)"
+                )));
+            }
         }
         BenchCommand::Preprocess {
             input,

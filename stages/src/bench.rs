@@ -39,6 +39,46 @@ pub fn transunet(
     })
 }
 
+/// Checks `imp` against burn's conv2d on `device` at the TransUNet's convolution shapes (batch
+/// `batch`), forward and backward, and times both.
+pub fn conv(
+    device: Device,
+    imp: ConvImpl,
+    batch: usize,
+    reps: usize,
+) -> Result<Vec<crate::models::ConvCheck>, StageError> {
+    use crate::models::{check_conv, transunet_conv_shapes};
+    let shapes = transunet_conv_shapes(batch);
+    Ok(match device {
+        Device::Cpu => {
+            type B = burn::backend::Autodiff<burn::backend::NdArray>;
+            shapes
+                .into_iter()
+                .map(|s| check_conv::<B>(imp, s, reps, &Default::default()))
+                .collect()
+        }
+        Device::Wgpu => {
+            type B = burn::backend::Autodiff<burn::backend::Wgpu>;
+            shapes
+                .into_iter()
+                .map(|s| check_conv::<B>(imp, s, reps, &Default::default()))
+                .collect()
+        }
+        Device::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                type B = burn::backend::Autodiff<burn::backend::Cuda>;
+                shapes
+                    .into_iter()
+                    .map(|s| check_conv::<B>(imp, s, reps, &Default::default()))
+                    .collect()
+            }
+            #[cfg(not(feature = "cuda"))]
+            return Err(StageError::DeviceNotBuilt(device));
+        }
+    })
+}
+
 /// Time of one preprocessing step on one volume.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StepTiming {

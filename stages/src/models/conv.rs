@@ -15,6 +15,8 @@ use burn::nn::conv::Conv2dConfig;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Slice, Tensor, backend::Backend};
 
+use super::ModelBackend;
+
 /// How a [`ConvLayer`] computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -24,22 +26,27 @@ pub enum ConvImpl {
     /// im2col + matmul in tensor ops ([`conv2d_im2col`]).
     #[default]
     Im2col,
+    /// burn-cubecl's implicit GEMM, forward and backward, without autotune
+    /// ([`super::conv2d_implicit_gemm`]; burn's default convolution where it is unavailable).
+    #[serde(rename = "implicit-gemm")]
+    ImplicitGemm,
 }
 
 /// A 2-D convolution layer with square kernels and symmetric padding, initialised exactly like
 /// `burn::nn::conv::Conv2d` (its weights are taken from one).
 #[derive(Module, Debug)]
-pub struct ConvLayer<B: Backend> {
+pub struct ConvLayer<B: ModelBackend> {
     /// `[out, in, k, k]`.
     pub weight: Param<Tensor<B, 4>>,
     /// `[out]`.
     pub bias: Option<Param<Tensor<B, 1>>>,
     stride: usize,
     padding: usize,
-    im2col: bool,
+    #[module(skip)]
+    imp: ConvImpl,
 }
 
-impl<B: Backend> ConvLayer<B> {
+impl<B: ModelBackend> ConvLayer<B> {
     /// A layer from burn's configuration (explicit symmetric padding, no groups or dilation).
     pub fn new(config: &Conv2dConfig, imp: ConvImpl, device: &B::Device) -> Self {
         let padding = match config.padding {
@@ -60,7 +67,7 @@ impl<B: Backend> ConvLayer<B> {
             bias: conv.bias,
             stride: config.stride[0],
             padding,
-            im2col: imp == ConvImpl::Im2col,
+            imp,
         }
     }
 
@@ -68,16 +75,18 @@ impl<B: Backend> ConvLayer<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let w = self.weight.val();
         let b = self.bias.as_ref().map(|b| b.val());
-        if self.im2col {
-            conv2d_im2col(x, w, b, self.stride, self.padding)
-        } else {
-            let options = ConvOptions::new(
+        let options = || {
+            ConvOptions::new(
                 [self.stride, self.stride],
                 [self.padding, self.padding],
                 [1, 1],
                 1,
-            );
-            burn::tensor::module::conv2d(x, w, b, options)
+            )
+        };
+        match self.imp {
+            ConvImpl::Im2col => conv2d_im2col(x, w, b, self.stride, self.padding),
+            ConvImpl::Native => burn::tensor::module::conv2d(x, w, b, options()),
+            ConvImpl::ImplicitGemm => super::conv2d_implicit_gemm(x, w, b, options()),
         }
     }
 }

@@ -1,16 +1,19 @@
 //! The networks covflow trains, generic over the burn backend.
 
+mod backend;
 mod conv;
+mod conv_check;
 mod losses;
 mod train;
 mod transunet;
 mod upsample;
 
+pub use backend::{ModelBackend, conv2d_implicit_gemm};
 pub use conv::{ConvImpl, ConvLayer, conv2d_im2col};
+pub use conv_check::{ConvCheck, ConvShape, check_conv, transunet_conv_shapes};
 pub use losses::{contrastive, mse, sensitivity_bce};
 pub use train::{LossConfig, SegmentationLearner, TrainingBench, bench_training};
 pub use transunet::{TransUNet, TransUNetConfig, TransUNetOutput, trainable_params};
 pub use upsample::{
-    UpsampleBackend, interpolation_matrix, upsample2x_backward_matrix, upsample2x_bilinear,
-    upsample2x_matrix,
+    interpolation_matrix, upsample2x_backward_matrix, upsample2x_bilinear, upsample2x_matrix,
 };

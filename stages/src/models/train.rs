@@ -34,14 +34,14 @@ impl Default for LossConfig {
 
 /// The TransUNet with the projection head the contrastive loss reads (bottleneck → 128).
 #[derive(Module, Debug)]
-pub struct SegmentationLearner<B: crate::models::UpsampleBackend> {
+pub struct SegmentationLearner<B: crate::models::ModelBackend> {
     /// The segmentation network.
     pub net: TransUNet<B>,
     /// Projection of the pooled bottleneck features.
     pub projection: Linear<B>,
 }
 
-impl<B: crate::models::UpsampleBackend> SegmentationLearner<B> {
+impl<B: crate::models::ModelBackend> SegmentationLearner<B> {
     /// A fresh learner.
     pub fn new(config: &TransUNetConfig, device: &B::Device) -> Self {
         Self {
@@ -98,14 +98,14 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn wait<B: crate::models::UpsampleBackend>(device: &B::Device) {
+fn wait<B: crate::models::ModelBackend>(device: &B::Device) {
     // A failure to sync shows up again at the next read; timing only needs the barrier.
     let _ = B::sync(device);
 }
 
 /// Trains `steps` Adam steps on random slices (fixed seed) and times them; every step ends with
 /// a device sync so that the time is the device's, not the launch queue's.
-pub fn bench_training<B: AutodiffBackend + crate::models::UpsampleBackend>(
+pub fn bench_training<B: AutodiffBackend + crate::models::ModelBackend>(
     config: &TransUNetConfig,
     device: &B::Device,
     batch: usize,
@@ -113,7 +113,7 @@ pub fn bench_training<B: AutodiffBackend + crate::models::UpsampleBackend>(
     mut progress: impl FnMut(&str),
 ) -> TrainingBench
 where
-    B::InnerBackend: crate::models::UpsampleBackend,
+    B::InnerBackend: crate::models::ModelBackend,
 {
     B::seed(device, 7);
     let mut learner = SegmentationLearner::<B>::new(config, device);

@@ -15,8 +15,9 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, relu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 
+use super::backend::ModelBackend;
 use super::conv::{ConvImpl, ConvLayer};
-use super::upsample::{UpsampleBackend, upsample2x_bilinear};
+use super::upsample::upsample2x_bilinear;
 
 /// The seed configuration: `img_dim=128, in_channels=1, out_channels=128, head_num=4,
 /// mlp_dim=512, block_num=8, patch_dim=16, class_num=1` (66 870 129 trainable parameters).
@@ -63,7 +64,7 @@ fn conv(i: usize, o: usize, k: usize, stride: usize, pad: usize, bias: bool) -> 
 
 /// ResNet bottleneck with a strided 3×3 and a projected shortcut.
 #[derive(Module, Debug)]
-pub struct EncoderBottleneck<B: UpsampleBackend> {
+pub struct EncoderBottleneck<B: ModelBackend> {
     downsample_conv: ConvLayer<B>,
     downsample_norm: BatchNorm<B>,
     conv1: ConvLayer<B>,
@@ -74,7 +75,7 @@ pub struct EncoderBottleneck<B: UpsampleBackend> {
     norm3: BatchNorm<B>,
 }
 
-impl<B: UpsampleBackend> EncoderBottleneck<B> {
+impl<B: ModelBackend> EncoderBottleneck<B> {
     fn new(i: usize, o: usize, stride: usize, imp: ConvImpl, device: &B::Device) -> Self {
         let width = o;
         Self {
@@ -102,14 +103,14 @@ impl<B: UpsampleBackend> EncoderBottleneck<B> {
 
 /// Bilinear ×2, concatenation with the skip, two 3×3 conv + BN + ReLU.
 #[derive(Module, Debug)]
-pub struct DecoderBottleneck<B: UpsampleBackend> {
+pub struct DecoderBottleneck<B: ModelBackend> {
     conv1: ConvLayer<B>,
     norm1: BatchNorm<B>,
     conv2: ConvLayer<B>,
     norm2: BatchNorm<B>,
 }
 
-impl<B: UpsampleBackend> DecoderBottleneck<B> {
+impl<B: ModelBackend> DecoderBottleneck<B> {
     fn new(i: usize, o: usize, imp: ConvImpl, device: &B::Device) -> Self {
         Self {
             conv1: ConvLayer::new(&conv(i, o, 3, 1, 1, true), imp, device),
@@ -132,13 +133,13 @@ impl<B: UpsampleBackend> DecoderBottleneck<B> {
 
 /// Multi-head self-attention with one fused qkv projection (no biases), as in the reference.
 #[derive(Module, Debug)]
-pub struct MultiHeadAttention<B: UpsampleBackend> {
+pub struct MultiHeadAttention<B: ModelBackend> {
     qkv_layer: Linear<B>,
     out_attention: Linear<B>,
     head_num: usize,
 }
 
-impl<B: UpsampleBackend> MultiHeadAttention<B> {
+impl<B: ModelBackend> MultiHeadAttention<B> {
     fn new(dim: usize, head_num: usize, device: &B::Device) -> Self {
         Self {
             qkv_layer: LinearConfig::new(dim, 3 * dim)
@@ -171,7 +172,7 @@ impl<B: UpsampleBackend> MultiHeadAttention<B> {
 
 /// Post-norm transformer block: attention, residual, LayerNorm, MLP, residual, LayerNorm.
 #[derive(Module, Debug)]
-pub struct TransformerBlock<B: UpsampleBackend> {
+pub struct TransformerBlock<B: ModelBackend> {
     multi_head_attention: MultiHeadAttention<B>,
     mlp_in: Linear<B>,
     mlp_out: Linear<B>,
@@ -180,7 +181,7 @@ pub struct TransformerBlock<B: UpsampleBackend> {
     dropout: Dropout,
 }
 
-impl<B: UpsampleBackend> TransformerBlock<B> {
+impl<B: ModelBackend> TransformerBlock<B> {
     fn new(dim: usize, heads: usize, mlp: usize, dropout: f64, device: &B::Device) -> Self {
         Self {
             multi_head_attention: MultiHeadAttention::new(dim, heads, device),
@@ -205,7 +206,7 @@ impl<B: UpsampleBackend> TransformerBlock<B> {
 
 /// ViT over a feature map, patch size 1: every pixel of the map is a token.
 #[derive(Module, Debug)]
-pub struct Vit<B: UpsampleBackend> {
+pub struct Vit<B: ModelBackend> {
     projection: Linear<B>,
     embedding: Param<Tensor<B, 2>>,
     cls_token: Param<Tensor<B, 3>>,
@@ -213,7 +214,7 @@ pub struct Vit<B: UpsampleBackend> {
     dropout: Dropout,
 }
 
-impl<B: UpsampleBackend> Vit<B> {
+impl<B: ModelBackend> Vit<B> {
     fn new(c: &TransUNetConfig, tokens: usize, dim: usize, device: &B::Device) -> Self {
         Self {
             projection: LinearConfig::new(dim, dim).init(device),
@@ -251,7 +252,7 @@ impl<B: UpsampleBackend> Vit<B> {
 
 /// The TransUNet.
 #[derive(Module, Debug)]
-pub struct TransUNet<B: UpsampleBackend> {
+pub struct TransUNet<B: ModelBackend> {
     conv1: ConvLayer<B>,
     norm1: BatchNorm<B>,
     encoder1: EncoderBottleneck<B>,
@@ -269,7 +270,7 @@ pub struct TransUNet<B: UpsampleBackend> {
 }
 
 /// The network's outputs for one batch.
-pub struct TransUNetOutput<B: UpsampleBackend> {
+pub struct TransUNetOutput<B: ModelBackend> {
     /// Per-pixel logits `[B, class_num, H, W]`.
     pub logits: Tensor<B, 4>,
     /// The bottleneck feature map after the ViT and its 3×3 conv, `[B, 4·out_channels, H/16, W/16]`
@@ -280,7 +281,7 @@ pub struct TransUNetOutput<B: UpsampleBackend> {
 
 impl TransUNetConfig {
     /// Builds the network on `device` with fresh weights.
-    pub fn init<B: UpsampleBackend>(&self, device: &B::Device) -> TransUNet<B> {
+    pub fn init<B: ModelBackend>(&self, device: &B::Device) -> TransUNet<B> {
         let oc = self.out_channels;
         let vit_img_dim = self.img_dim / self.patch_dim;
         let imp = self.conv;
@@ -303,7 +304,7 @@ impl TransUNetConfig {
     }
 }
 
-impl<B: UpsampleBackend> TransUNet<B> {
+impl<B: ModelBackend> TransUNet<B> {
     /// Logits and bottleneck features of a batch `[B, in_channels, img_dim, img_dim]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> TransUNetOutput<B> {
         let x1 = relu(self.norm1.forward(self.conv1.forward(x)));

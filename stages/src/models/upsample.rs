@@ -1,6 +1,6 @@
 //! Bilinear ×2 upsampling with `align_corners = true`, differentiable on every backend.
 //!
-//! burn 0.21 has no backward for bilinear `interpolate`. [`UpsampleBackend`] supplies one: on
+//! burn 0.21 has no backward for bilinear `interpolate`. [`ModelBackend`] supplies one: on
 //! the cubecl backends (wgpu, CUDA) our own kernel pair from `covflow-kernels` (a forward, and a
 //! gather-form backward that needs no atomics), registered with burn's autodiff as one node; on
 //! the others (NdArray, burn's fusion wrapper) the exact separable matrix form
@@ -8,14 +8,9 @@
 //! the backward. Both equal PyTorch's `nn.Upsample(scale_factor=2, mode="bilinear",
 //! align_corners=True)` up to rounding.
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::{Autodiff, NdArray};
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive, backend::Backend};
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement, tensor::CubeTensor};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive, backend::Backend};
+
+use super::backend::ModelBackend;
 
 /// The `out × n` matrix that maps `n` samples to `out` samples by linear interpolation with
 /// `align_corners = true` (row-major).
@@ -45,103 +40,9 @@ pub fn interpolation_matrix(n: usize, out: usize) -> Vec<f32> {
     a
 }
 
-/// A backend that can upsample ×2 bilinearly (align_corners) and take the operation's gradient.
-/// The provided methods are the matrix form; cubecl backends override them with the kernels.
-pub trait UpsampleBackend: Backend {
-    /// `[N, C, H, W]` → `[N, C, 2H, 2W]`.
-    fn upsample2x(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let x = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
-        upsample2x_matrix(x).into_primitive().tensor()
-    }
-
-    /// The gradient for the `[N, C, H, W]` input, given the output's gradient `grad`.
-    fn upsample2x_backward(grad: FloatTensor<Self>, input: Shape) -> FloatTensor<Self> {
-        let g = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(grad));
-        upsample2x_backward_matrix(g, [input[0], input[1], input[2], input[3]])
-            .into_primitive()
-            .tensor()
-    }
-}
-
-impl UpsampleBackend for NdArray {}
-
-#[cfg(feature = "fusion")]
-impl<B: burn_fusion::FusionBackend> UpsampleBackend for burn_fusion::Fusion<B> {}
-
-/// The kernels, on float32 cubecl tensors.
-impl<R: CubeRuntime, I: IntElement, BT: BoolElement> UpsampleBackend
-    for CubeBackend<R, f32, I, BT>
-{
-    fn upsample2x(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let x = burn_cubecl::kernel::into_contiguous(x);
-        let s = x.shape();
-        let (planes, h, w) = (s[0] * s[1], s[2], s[3]);
-        let out =
-            covflow_kernels::launch_upsample2x::<R>(&x.client, x.handle.clone(), planes, h, w);
-        CubeTensor::new_contiguous(
-            x.client.clone(),
-            x.device.clone(),
-            Shape::new([s[0], s[1], 2 * h, 2 * w]),
-            out,
-            burn::tensor::DType::F32,
-        )
-    }
-
-    fn upsample2x_backward(grad: FloatTensor<Self>, input: Shape) -> FloatTensor<Self> {
-        let g = burn_cubecl::kernel::into_contiguous(grad);
-        let (planes, h, w) = (input[0] * input[1], input[2], input[3]);
-        let out = covflow_kernels::launch_upsample2x_backward::<R>(
-            &g.client,
-            g.handle.clone(),
-            planes,
-            h,
-            w,
-        );
-        CubeTensor::new_contiguous(
-            g.client.clone(),
-            g.device.clone(),
-            input,
-            out,
-            burn::tensor::DType::F32,
-        )
-    }
-}
-
-/// One autodiff node whose backward is the inner backend's `upsample2x_backward`.
-impl<B: UpsampleBackend, C: CheckpointStrategy> UpsampleBackend for Autodiff<B, C> {
-    fn upsample2x(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Upsample2x;
-
-        impl<B: UpsampleBackend> Backward<B, 1> for Upsample2x {
-            type State = Shape;
-
-            fn backward(self, ops: Ops<Shape, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [parent] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = parent {
-                    grads.register::<B>(node.id, B::upsample2x_backward(grad, ops.state));
-                }
-            }
-        }
-
-        match Upsample2x
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let shape = x.primitive.shape();
-                prep.finish(shape, B::upsample2x(x.primitive))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::upsample2x(x.primitive)),
-        }
-    }
-}
-
 /// Bilinear ×2 upsampling (align_corners) of `[N, C, H, W]` to `[N, C, 2H, 2W]` on the backend's
 /// best path (kernels on cubecl backends).
-pub fn upsample2x_bilinear<B: UpsampleBackend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn upsample2x_bilinear<B: ModelBackend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(B::upsample2x(
         x.into_primitive().tensor(),
     )))
@@ -233,7 +134,7 @@ mod tests {
     }
 
     /// Output and input gradient of `sum(upsample(x) ⊙ r)` on backend `B`.
-    fn forward_and_grad<B: burn::tensor::backend::AutodiffBackend + UpsampleBackend>(
+    fn forward_and_grad<B: burn::tensor::backend::AutodiffBackend + ModelBackend>(
         x: &[f32],
         r: &[f32],
         dims: [usize; 4],

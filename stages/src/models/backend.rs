@@ -1,0 +1,289 @@
+//! What covflow's models need from a backend beyond burn's own operations.
+//!
+//! [`ModelBackend`] has two operations, each with a provided (portable) implementation and an
+//! override on burn's cubecl backends (wgpu, CUDA), registered with burn's autodiff as one node:
+//! - the TransUNet decoder's bilinear ×2 upsampling (burn 0.21 has no backward for it): the
+//!   exact matrix form everywhere, covflow's cubecl kernels on cubecl backends;
+//! - convolution by implicit GEMM (burn-cubecl's `ConvStrategy::ImplicitGemm`, forward and both
+//!   backward passes), which burn only reaches through autotune — whose compile volume kept the
+//!   first training step from finishing (BENCHMARKS.md). It needs the device's matrix units
+//!   (CMMA); where the kernel cannot be set up, burn's default convolution runs instead, with a
+//!   warning once. Elsewhere the provided implementation is burn's `conv2d` and its backward.
+
+use std::sync::Once;
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
+use burn_cubecl::kernel::conv::{
+    ConvStrategy, conv_data_backward, conv_forward, conv_weight_backward,
+};
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement, tensor::CubeTensor};
+
+use super::upsample::{upsample2x_backward_matrix, upsample2x_matrix};
+
+/// The operations covflow's models take from a backend; see the module documentation.
+pub trait ModelBackend: Backend {
+    /// Bilinear ×2 upsampling (align_corners): `[N, C, H, W]` → `[N, C, 2H, 2W]`.
+    fn upsample2x(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x));
+        upsample2x_matrix(x).into_primitive().tensor()
+    }
+
+    /// The gradient for the upsampling's `[N, C, H, W]` input, given its output's gradient.
+    fn upsample2x_backward(grad: FloatTensor<Self>, input: Shape) -> FloatTensor<Self> {
+        let g = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(grad));
+        upsample2x_backward_matrix(g, [input[0], input[1], input[2], input[3]])
+            .into_primitive()
+            .tensor()
+    }
+
+    /// 2-D convolution without bias, by implicit GEMM where the backend has it.
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, None, options)
+    }
+
+    /// The gradient of [`ModelBackend::conv2d_gemm`] for its input.
+    fn conv2d_gemm_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_x_backward(x, weight, grad, options)
+    }
+
+    /// The gradient of [`ModelBackend::conv2d_gemm`] for its weight.
+    fn conv2d_gemm_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_weight_backward(x, weight, grad, options)
+    }
+}
+
+impl ModelBackend for NdArray {}
+
+#[cfg(feature = "fusion")]
+impl<B: burn_fusion::FusionBackend> ModelBackend for burn_fusion::Fusion<B> {}
+
+fn warn_gemm_unavailable(what: &str, err: impl std::fmt::Debug) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        tracing::warn!(
+            "implicit-GEMM convolution unavailable on this device ({what}: {err:?}); using burn's default convolution"
+        )
+    });
+}
+
+/// The upsampling kernels and burn-cubecl's implicit-GEMM convolution, on float32 tensors.
+impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBackend<R, f32, I, BT> {
+    fn upsample2x(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = burn_cubecl::kernel::into_contiguous(x);
+        let s = x.shape();
+        let (planes, h, w) = (s[0] * s[1], s[2], s[3]);
+        let out =
+            covflow_kernels::launch_upsample2x::<R>(&x.client, x.handle.clone(), planes, h, w);
+        CubeTensor::new_contiguous(
+            x.client.clone(),
+            x.device.clone(),
+            Shape::new([s[0], s[1], 2 * h, 2 * w]),
+            out,
+            burn::tensor::DType::F32,
+        )
+    }
+
+    fn upsample2x_backward(grad: FloatTensor<Self>, input: Shape) -> FloatTensor<Self> {
+        let g = burn_cubecl::kernel::into_contiguous(grad);
+        let (planes, h, w) = (input[0] * input[1], input[2], input[3]);
+        let out = covflow_kernels::launch_upsample2x_backward::<R>(
+            &g.client,
+            g.handle.clone(),
+            planes,
+            h,
+            w,
+        );
+        CubeTensor::new_contiguous(
+            g.client.clone(),
+            g.device.clone(),
+            input,
+            out,
+            burn::tensor::DType::F32,
+        )
+    }
+
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        conv_forward::<R, 2>(
+            x.clone(),
+            weight.clone(),
+            None,
+            options.clone(),
+            ConvStrategy::ImplicitGemm,
+        )
+        .unwrap_or_else(|e| {
+            warn_gemm_unavailable("forward", e);
+            Self::conv2d(x, weight, None, options)
+        })
+    }
+
+    fn conv2d_gemm_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        conv_data_backward::<R, 2>(
+            grad.clone(),
+            weight.clone(),
+            x.shape(),
+            options.clone(),
+            ConvStrategy::ImplicitGemm,
+        )
+        .unwrap_or_else(|e| {
+            warn_gemm_unavailable("input gradient", e);
+            Self::conv2d_x_backward(x, weight, grad, options)
+        })
+    }
+
+    fn conv2d_gemm_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        conv_weight_backward::<R, 2>(
+            x.clone(),
+            grad.clone(),
+            weight.shape(),
+            options.clone(),
+            ConvStrategy::ImplicitGemm,
+        )
+        .unwrap_or_else(|e| {
+            warn_gemm_unavailable("weight gradient", e);
+            Self::conv2d_weight_backward(x, weight, grad, options)
+        })
+    }
+}
+
+/// One autodiff node per operation, whose backward calls the inner backend's.
+impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn upsample2x(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Upsample2x;
+
+        impl<B: ModelBackend> Backward<B, 1> for Upsample2x {
+            type State = Shape;
+
+            fn backward(self, ops: Ops<Shape, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [parent] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, B::upsample2x_backward(grad, ops.state));
+                }
+            }
+        }
+
+        match Upsample2x
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let shape = x.primitive.shape();
+                prep.finish(shape, B::upsample2x(x.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::upsample2x(x.primitive)),
+        }
+    }
+
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Conv2dGemm;
+
+        impl<B: ModelBackend> Backward<B, 2> for Conv2dGemm {
+            type State = (NodeId, NodeId, ConvOptions<2>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_w] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_id, w_id, options) = ops.state;
+                let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
+                let w: FloatTensor<B> = checkpointer.retrieve_node_output(w_id);
+                if let Some(node) = node_w {
+                    let g = B::conv2d_gemm_weight_backward(
+                        x.clone(),
+                        w.clone(),
+                        grad.clone(),
+                        options.clone(),
+                    );
+                    grads.register::<B>(node.id, g);
+                }
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::conv2d_gemm_x_backward(x, w, grad, options));
+                }
+            }
+        }
+
+        match Conv2dGemm
+            .prepare::<C>([x.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = prep.checkpoint(&x);
+                let w_id = prep.checkpoint(&weight);
+                let out = B::conv2d_gemm(x.primitive, weight.primitive, options.clone());
+                prep.finish((x_id, w_id, options), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::conv2d_gemm(x.primitive, weight.primitive, options))
+            }
+        }
+    }
+}
+
+/// `x: [N, C, H, W]` convolved with `weight: [O, C, k, k]` (+ `bias`) by implicit GEMM where the
+/// backend has it (see [`ModelBackend`]).
+pub fn conv2d_implicit_gemm<B: ModelBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    options: ConvOptions<2>,
+) -> Tensor<B, 4> {
+    let y = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(B::conv2d_gemm(
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+        options,
+    )));
+    match bias {
+        Some(b) => {
+            let o = b.dims()[0];
+            y + b.reshape([1, o, 1, 1])
+        }
+        None => y,
+    }
+}
