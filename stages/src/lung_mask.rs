@@ -428,6 +428,23 @@ mod tests {
         );
         let d = dice_of(&mask, &truth);
         assert!(d >= 0.97, "two-slice volume: Dice {d:.4}; {report:?}");
+        // One slice: every component touches the top and bottom faces, which do not count.
+        let mut one = p.ct.clone();
+        one.data = p.ct.data.slice(ndarray::s![.., .., 8..9]).to_owned();
+        let truth: Vec<bool> = p
+            .lung
+            .slice(ndarray::s![.., .., 8..9])
+            .iter()
+            .map(|&v| v == 1)
+            .collect();
+        let (mask, report) = segment_lungs(
+            &Kernels::Cpu,
+            &one,
+            CtUnits::default(),
+            &LungMaskParams::default(),
+        );
+        let d = dice_of(&mask, &truth);
+        assert!(d >= 0.97, "one-slice volume: Dice {d:.4}; {report:?}");
         // No air inside the body at all: an empty mask, not an error.
         let solid = Volume::new(Array3::from_elem((8, 8, 2), 40.0), [1.0; 3]);
         let (mask, report) = segment_lungs(
