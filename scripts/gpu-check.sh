@@ -6,7 +6,10 @@
 #                                PyTorch reference in the same call and prints one table
 #
 # With the workplace's device tool:  run(command="bash scripts/gpu-check.sh run", carry=[".gpu"])
-# Results (JSON per run, compile/autotune logs) land in $OUT (or /tmp/gpu-check-out).
+# Results (JSON per run, compile/autotune logs) land in $OUT (or /tmp/gpu-check-out), as they
+# are measured. The main suite runs in order of importance (kernels and preprocessing for issue 3,
+# TransUNet im2col cold/warm, the allocator experiment, PyTorch, implicit GEMM, batch 32,
+# profiles) and skips what would run past BUDGET_S seconds (default 540): use timeout_s=600.
 #
 # Binaries: .gpu/covflow.gz          burn without autotune and without fusion (covflow's default)
 #           .gpu/covflow-fusion.gz   burn's fusion on, autotune off (WITH_FUSION=1; run with SUITE=fusion)
@@ -105,53 +108,71 @@ PY
         grep -m1 -A4 'panicked' "$work/logs/$name.err" | head -c 800
     }
 
+    # Every step gets a time limit and is skipped when it would run past the call's deadline
+    # (BUDGET_S, default 540 s: the device tool allows 600 s a command), so one call always
+    # brings back the most important numbers first.
+    deadline=$((SECONDS + ${BUDGET_S:-540}))
+    fits() { # $1 = step name, $2 = its limit in seconds
+        if [ $((SECONDS + $2)) -gt "$deadline" ]; then
+            echo "[$1] skipped: $(( deadline - SECONDS )) s left, needs up to $2 s"
+            return 1
+        fi
+    }
+    # step NAME LIMIT CMD...: runs CMD (in $work) with a timeout, its stdout to logs/NAME.jsonl.
+    step() {
+        local name=$1 limit=$2
+        shift 2
+        fits "$name" "$limit" || return 0
+        echo "[$name]"
+        # Into $out as it goes too: a call cut short still brings back what it measured.
+        (cd "$work" && timeout "$limit" "$@") 2> "$work/logs/$name.err" \
+            | tee "$work/logs/$name.jsonl" "$out/$name.jsonl"
+        local rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || { echo "[$name] FAILED (rc $rc)"; tail -5 "$work/logs/$name.err"; }
+    }
+
     suite_main() {
-        local bin="$work/bin/covflow"
-        # Every cubecl kernel against its CPU reference at MosMed sizes, beside a plain copy.
-        echo "[kernels] check and time (JSON per kernel: max_error, ms, GB/s, % of copy)"
-        (cd "$work" && timeout 120 "$bin" bench kernels --device cuda --reps 20) \
-            | tee "$work/logs/kernels.jsonl" || echo "[kernels] FAILED"
-        # The preprocessing per MosMed-size study: the kernels on CUDA and the CPU references,
-        # on the same machine and the same phantom.
-        echo "[preprocess] per-step times, cuda then cpu"
-        (cd "$work" && "$bin" phantom --out "$work/mm" --count 1 --size mosmed > /dev/null \
-            && timeout 60 "$bin" bench preprocess "$work/mm/studies/CT-1/study_0001.nii.gz" --device cuda --reps 5 \
-            && timeout 60 "$bin" bench preprocess "$work/mm/studies/CT-1/study_0001.nii.gz" --device cpu --reps 3) \
-            | tee "$work/logs/preprocess.jsonl" || echo "[preprocess] FAILED"
+        local bin="$work/bin/covflow" ct="$work/mm/studies/CT-1/study_0001.nii.gz"
+        # Issue 3: every cubecl kernel against its CPU reference at MosMed sizes, beside a copy;
+        # then the preprocessing per MosMed-size study, kernels on CUDA and references on the CPU.
+        step kernels 120 "$bin" bench kernels --device cuda --reps 20
+        "$bin" phantom --out "$work/mm" --count 1 --size mosmed > /dev/null
+        step preprocess-cuda 60 "$bin" bench preprocess "$ct" --device cuda --reps 5
+        step preprocess-cpu 60 "$bin" bench preprocess "$ct" --device cpu --reps 3
+
+        # Issue 5: the TransUNet, first with the configuration of session 1 (im2col), then the
+        # allocator experiment, PyTorch in the same call, then implicit GEMM.
         setup "$work/run" "$work/cache" disabled
-        # Implicit-GEMM convolution (burn-cubecl, matrix units) against burn's conv2d on the card:
-        # relative errors forward/backward and times, at the TransUNet's shapes.
-        echo "[conv] implicit-gemm and im2col vs burn conv2d (JSON per shape)"
-        (cd "$work/run" && timeout 90 "$bin" bench conv --device cuda --conv implicit-gemm --batch 8 --reps 5 \
-            && timeout 60 "$bin" bench conv --device cuda --conv im2col --batch 8 --reps 5) 2>&1 \
-            | tee "$work/logs/conv.jsonl" || echo "[conv] FAILED"
-        bench cold-b8 "$work/run" 180 "$bin" --batch 8 --steps 20
-        bench warm-b8 "$work/run" 60 "$bin" --batch 8 --steps 30
+        fits cold-b8 180 && bench cold-b8 "$work/run" 180 "$bin" --batch 8 --steps 20
+        fits warm-b8 60 && bench warm-b8 "$work/run" 60 "$bin" --batch 8 --steps 30
         # Session 1 saw cubecl's persistent pool allocate new pages every step: the same warm
         # run with dynamic allocation only.
         setup "$work/nopersist" "$work/cache" disabled
         printf '\n[memory]\npersistent_memory = "disabled"\n' >> "$work/nopersist/cubecl.toml"
-        bench nopersist-warm-b8 "$work/nopersist" 60 "$bin" --batch 8 --steps 30
-        bench gemm-b8 "$work/run" 120 "$bin" --batch 8 --steps 20 --conv implicit-gemm
-        bench warm-b32 "$work/run" 90 "$bin" --batch 32 --steps 20
-        bench nopersist-warm-b32 "$work/nopersist" 90 "$bin" --batch 32 --steps 20
+        fits nopersist-warm-b8 60 && bench nopersist-warm-b8 "$work/nopersist" 60 "$bin" --batch 8 --steps 30
+        if fits pytorch 90; then
+            echo "[pytorch] reference"
+            (timeout 90 python3 scripts/transunet_ref.py --batch 8 32 --steps 30 \
+                > "$work/logs/pytorch.jsonl" 2> "$work/logs/pytorch.err") || tail -5 "$work/logs/pytorch.err"
+            sed 's/^{/{"run": "pytorch", /' "$work/logs/pytorch.jsonl" >> "$results"
+        fi
+        # Implicit-GEMM convolution (burn-cubecl, matrix units) against burn's conv2d on the card
+        # (relative errors forward/backward, times), then in the whole model.
+        step conv-gemm 90 "$bin" bench conv --device cuda --conv implicit-gemm --batch 8 --reps 5
+        fits gemm-b8 120 && bench gemm-b8 "$work/run" 120 "$bin" --batch 8 --steps 20 --conv implicit-gemm
+        fits warm-b32 90 && bench warm-b32 "$work/run" 90 "$bin" --batch 32 --steps 20
+        fits nopersist-warm-b32 90 && bench nopersist-warm-b32 "$work/nopersist" 90 "$bin" --batch 32 --steps 20
+        step conv-im2col 60 "$bin" bench conv --device cuda --conv im2col --batch 8 --reps 5
 
-        echo "[pytorch] reference"
-        (timeout 90 python3 scripts/transunet_ref.py --batch 8 32 --steps 30 \
-            > "$work/logs/pytorch.jsonl" 2> "$work/logs/pytorch.err") || tail -5 "$work/logs/pytorch.err"
-        sed 's/^{/{"run": "pytorch", /' "$work/logs/pytorch.jsonl" >> "$results"
-
-        # Where the time goes: per-kernel profiles of a few steps, covflow's im2col convolutions
-        # against burn's native (direct, without autotune) ones.
+        # Where the time goes: per-kernel profiles of a few steps.
         setup "$work/prof" "$work/cache" basic
-        bench profile-im2col-b8 "$work/prof" 60 "$bin" --batch 8 --steps 3
-        bench profile-native-b8 "$work/prof" 120 "$bin" --batch 8 --steps 3 --conv native
+        fits profile-im2col-b8 60 && bench profile-im2col-b8 "$work/prof" 60 "$bin" --batch 8 --steps 3
+        fits profile-native-b8 120 && bench profile-native-b8 "$work/prof" 120 "$bin" --batch 8 --steps 3 --conv native
 
         if [ -x "$work/bin/covflow-default" ] && [ "${RUN_DEFAULT:-0}" = 1 ]; then
             setup "$work/default" "$work/default-cache" disabled
             bench default-cold-b8 "$work/default" "${DEFAULT_LIMIT:-60}" "$work/bin/covflow-default" --batch 8 --steps 5
         fi
-
     }
 
     # burn's fusion on (elementwise chains fused into one kernel), and where allocation time goes.
