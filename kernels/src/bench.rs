@@ -7,10 +7,8 @@ use std::time::Instant;
 use cubecl::prelude::*;
 
 use crate::blur::{blur_axis_kernel, blur_axis_reference, gaussian_weights};
-use crate::ccl::{
-    ccl_compress_kernel, ccl_init_kernel, ccl_merge_kernel, label_components_reference,
-};
-use crate::morphology::{Morph, ellipsoid_offsets, morph_kernel, morph_reference};
+use crate::ccl::{label_components_reference, launch_label_components};
+use crate::morphology::{Morph, ellipsoid_offsets, launch_morph, morph_reference};
 use crate::resample::{resample_window_kernel, resample_window_reference};
 
 /// Device-to-device copy, the bandwidth reference.
@@ -175,34 +173,8 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
     let words: Vec<u32> = mask.iter().map(|&m| m as u32).collect();
     let mask_h = client.create_from_slice(u32::as_bytes(&words));
     let labels_h = client.empty(n * 4);
-    let arg = |h: &cubecl::server::Handle| unsafe { ArrayArg::from_raw_parts(h.clone(), n) };
     let ms = median_ms(client, reps, || {
-        let count = || crate::cube_count_for(n, threads);
-        ccl_init_kernel::launch::<R>(
-            client,
-            count(),
-            CubeDim::new_1d(threads),
-            arg(&mask_h),
-            arg(&labels_h),
-        );
-        for axis in 0..3 {
-            ccl_merge_kernel::launch::<R>(
-                client,
-                count(),
-                CubeDim::new_1d(threads),
-                arg(&mask_h),
-                arg(&labels_h),
-                strides[axis] as u32,
-                shape[axis] as u32,
-            );
-        }
-        ccl_compress_kernel::launch::<R>(
-            client,
-            count(),
-            CubeDim::new_1d(threads),
-            arg(&mask_h),
-            arg(&labels_h),
-        );
+        launch_label_components(client, &mask_h, &labels_h, shape, [true; 3])
     });
     let got = u32::from_bytes(&client.read_one_unchecked(labels_h)).to_vec();
     let want = label_components_reference(&mask, shape, [true; 3]);
@@ -230,18 +202,15 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
     let off_h = client.create_from_slice(i32::as_bytes(&flat));
     let out_h = client.empty(n * 4);
     let ms = median_ms(client, reps, || {
-        morph_kernel::launch::<R>(
+        launch_morph(
             client,
-            crate::cube_count_for(n, threads),
-            CubeDim::new_1d(threads),
-            arg(&mask_h),
-            unsafe { ArrayArg::from_raw_parts(off_h.clone(), flat.len()) },
-            arg(&out_h),
-            shape[1] as u32,
-            shape[2] as u32,
-            shape[0] as u32,
-            0,
-        );
+            &mask_h,
+            &off_h,
+            se.len(),
+            &out_h,
+            shape,
+            Morph::Dilate,
+        )
     });
     let got: Vec<u8> = u32::from_bytes(&client.read_one_unchecked(out_h))
         .iter()

@@ -143,6 +143,47 @@ pub fn ccl_compress_kernel(mask: &Array<u32>, labels: &mut Array<Atomic<u32>>) {
     }
 }
 
+/// Launches the labelling passes on device buffers: `mask` (u32, non-zero = foreground) and
+/// `labels` (u32, written), `shape.iter().product()` voxels each.
+pub fn launch_label_components<R: Runtime>(
+    client: &ComputeClient<R>,
+    mask: &cubecl::server::Handle,
+    labels: &cubecl::server::Handle,
+    shape: Shape3,
+    connect: Connectivity,
+) {
+    let n: usize = shape.iter().product();
+    let threads = 256u32;
+    let count = || crate::cube_count_for(n, threads);
+    let arg = |h: &cubecl::server::Handle| unsafe { ArrayArg::from_raw_parts(h.clone(), n) };
+    ccl_init_kernel::launch::<R>(
+        client,
+        count(),
+        CubeDim::new_1d(threads),
+        arg(mask),
+        arg(labels),
+    );
+    let strides = [shape[1] * shape[2], shape[2], 1];
+    for axis in (0..3).filter(|&a| connect[a] && shape[a] > 1) {
+        ccl_merge_kernel::launch::<R>(
+            client,
+            count(),
+            CubeDim::new_1d(threads),
+            arg(mask),
+            arg(labels),
+            strides[axis] as u32,
+            shape[axis] as u32,
+        );
+    }
+    ccl_compress_kernel::launch::<R>(
+        client,
+        count(),
+        CubeDim::new_1d(threads),
+        arg(mask),
+        arg(labels),
+    );
+}
+
 /// Labels the connected components of `mask` (non-zero = foreground) on any cubecl runtime.
 /// Same output as [`label_components_reference`].
 pub fn label_components<R: Runtime>(
@@ -162,35 +203,7 @@ pub fn label_components<R: Runtime>(
     let words: Vec<u32> = mask.iter().map(|&m| (m != 0) as u32).collect();
     let mask_h = client.create_from_slice(u32::as_bytes(&words));
     let labels_h = client.empty(n * 4);
-    let threads = 256u32;
-    let count = || crate::cube_count_for(n, threads);
-    let arg = |h: &cubecl::server::Handle| unsafe { ArrayArg::from_raw_parts(h.clone(), n) };
-    ccl_init_kernel::launch::<R>(
-        client,
-        count(),
-        CubeDim::new_1d(threads),
-        arg(&mask_h),
-        arg(&labels_h),
-    );
-    let strides = [shape[1] * shape[2], shape[2], 1];
-    for axis in (0..3).filter(|&a| connect[a] && shape[a] > 1) {
-        ccl_merge_kernel::launch::<R>(
-            client,
-            count(),
-            CubeDim::new_1d(threads),
-            arg(&mask_h),
-            arg(&labels_h),
-            strides[axis] as u32,
-            shape[axis] as u32,
-        );
-    }
-    ccl_compress_kernel::launch::<R>(
-        client,
-        count(),
-        CubeDim::new_1d(threads),
-        arg(&mask_h),
-        arg(&labels_h),
-    );
+    launch_label_components(client, &mask_h, &labels_h, shape, connect);
     u32::from_bytes(&client.read_one_unchecked(labels_h)).to_vec()
 }
 

@@ -67,9 +67,11 @@ pub use bench::{KernelReport, bench_kernels, copy_kernel};
 pub use blur::{blur_axis, blur_axis_kernel, blur_axis_reference, gaussian_weights};
 pub use ccl::{
     BACKGROUND, Connectivity, ccl_compress_kernel, ccl_init_kernel, ccl_merge_kernel,
-    label_components, label_components_reference,
+    label_components, label_components_reference, launch_label_components,
 };
-pub use morphology::{Morph, ellipsoid_offsets, morph, morph_kernel, morph_reference};
+pub use morphology::{
+    Morph, ellipsoid_offsets, launch_morph, morph, morph_kernel, morph_reference,
+};
 
 pub use device::{Device, UnknownDevice};
 pub use ops::Kernels;

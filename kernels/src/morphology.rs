@@ -137,6 +137,33 @@ pub fn morph_kernel(
     }
 }
 
+/// Launches the dilation or erosion on device buffers: `input` and `output` (u32, one per voxel)
+/// and `offsets` (i32, flattened triples, `n_offsets` of them).
+pub fn launch_morph<R: Runtime>(
+    client: &ComputeClient<R>,
+    input: &cubecl::server::Handle,
+    offsets: &cubecl::server::Handle,
+    n_offsets: usize,
+    output: &cubecl::server::Handle,
+    shape: Shape3,
+    op: Morph,
+) {
+    let n: usize = shape.iter().product();
+    let threads = 256u32;
+    morph_kernel::launch::<R>(
+        client,
+        crate::cube_count_for(n, threads),
+        CubeDim::new_1d(threads),
+        unsafe { ArrayArg::from_raw_parts(input.clone(), n) },
+        unsafe { ArrayArg::from_raw_parts(offsets.clone(), 3 * n_offsets) },
+        unsafe { ArrayArg::from_raw_parts(output.clone(), n) },
+        shape[1] as u32,
+        shape[2] as u32,
+        shape[0] as u32,
+        (op == Morph::Erode) as u32,
+    );
+}
+
 /// Dilates or erodes `mask` on any cubecl runtime. Same output as [`morph_reference`].
 pub fn morph<R: Runtime>(
     client: &ComputeClient<R>,
@@ -156,19 +183,7 @@ pub fn morph<R: Runtime>(
     let in_h = client.create_from_slice(u32::as_bytes(&words));
     let off_h = client.create_from_slice(i32::as_bytes(&flat));
     let out_h = client.empty(n * 4);
-    let threads = 256u32;
-    morph_kernel::launch::<R>(
-        client,
-        crate::cube_count_for(n, threads),
-        CubeDim::new_1d(threads),
-        unsafe { ArrayArg::from_raw_parts(in_h, n) },
-        unsafe { ArrayArg::from_raw_parts(off_h, flat.len()) },
-        unsafe { ArrayArg::from_raw_parts(out_h.clone(), n) },
-        shape[1] as u32,
-        shape[2] as u32,
-        shape[0] as u32,
-        (op == Morph::Erode) as u32,
-    );
+    launch_morph(client, &in_h, &off_h, offsets.len(), &out_h, shape, op);
     u32::from_bytes(&client.read_one_unchecked(out_h))
         .iter()
         .map(|&v| v as u8)

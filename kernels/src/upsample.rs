@@ -9,13 +9,16 @@
 
 use cubecl::prelude::*;
 
-/// Sample position of output index `o` for an axis of `n` inputs (align_corners).
-fn source(o: usize, n: usize) -> f32 {
-    if n <= 1 {
+/// The two input indices output index `o` reads on an axis of `n` inputs (align_corners: the
+/// sample sits at `o·(n − 1)/(2n − 1)`), and the weight of the second.
+fn taps(o: usize, n: usize) -> (usize, usize, f32) {
+    let f = if n <= 1 {
         0.0
     } else {
         o as f32 * ((n - 1) as f32 / (2 * n - 1) as f32)
-    }
+    };
+    let i0 = (f.floor() as usize).min(n - 1);
+    (i0, (i0 + 1).min(n - 1), f - i0 as f32)
 }
 
 /// Plain CPU reference of the forward pass: `planes` planes of `h × w` → `2h × 2w`.
@@ -30,15 +33,9 @@ pub fn upsample2x_reference(input: &[f32], planes: usize, h: usize, w: usize) ->
     for p in 0..planes {
         let src = &input[p * h * w..(p + 1) * h * w];
         for oy in 0..oh {
-            let fy = source(oy, h);
-            let y0 = (fy.floor() as usize).min(h - 1);
-            let y1 = (y0 + 1).min(h - 1);
-            let ty = fy - y0 as f32;
+            let (y0, y1, ty) = taps(oy, h);
             for ox in 0..ow {
-                let fx = source(ox, w);
-                let x0 = (fx.floor() as usize).min(w - 1);
-                let x1 = (x0 + 1).min(w - 1);
-                let tx = fx - x0 as f32;
+                let (x0, x1, tx) = taps(ox, w);
                 let v = |y: usize, x: usize| src[y * w + x];
                 out[(p * oh + oy) * ow + ox] = (1.0 - ty)
                     * ((1.0 - tx) * v(y0, x0) + tx * v(y0, x1))
@@ -56,15 +53,9 @@ pub fn upsample2x_backward_reference(grad: &[f32], planes: usize, h: usize, w: u
     let mut out = vec![0f32; planes * h * w];
     for p in 0..planes {
         for oy in 0..oh {
-            let fy = source(oy, h);
-            let y0 = (fy.floor() as usize).min(h - 1);
-            let y1 = (y0 + 1).min(h - 1);
-            let ty = fy - y0 as f32;
+            let (y0, y1, ty) = taps(oy, h);
             for ox in 0..ow {
-                let fx = source(ox, w);
-                let x0 = (fx.floor() as usize).min(w - 1);
-                let x1 = (x0 + 1).min(w - 1);
-                let tx = fx - x0 as f32;
+                let (x0, x1, tx) = taps(ox, w);
                 let g = grad[(p * oh + oy) * ow + ox];
                 let base = p * h * w;
                 out[base + y0 * w + x0] += g * (1.0 - ty) * (1.0 - tx);
