@@ -130,6 +130,25 @@ fn for_each_in_plane_face(shape: [usize; 3], mut f: impl FnMut(usize)) {
 }
 
 /// Segments the lungs of `ct` (stored in `units`) with the method above.
+///
+/// ```
+/// use covflow_kernels::Kernels;
+/// use covflow_stages::lung_mask::{LungMaskParams, segment_lungs};
+/// use covflow_stages::resample::CtUnits;
+/// use covflow_stages::volume::Volume;
+/// // Air around a body of soft tissue that holds two air pockets ("lungs"), 4 slices.
+/// let mut hu = ndarray::Array3::from_elem((20, 20, 4), -1000.0f32);
+/// hu.slice_mut(ndarray::s![2..18, 2..18, ..]).fill(40.0);
+/// hu.slice_mut(ndarray::s![4..9, 4..16, ..]).fill(-850.0);
+/// hu.slice_mut(ndarray::s![11..16, 4..16, ..]).fill(-850.0);
+/// let ct = Volume::new(hu, [2.0, 2.0, 5.0]);
+/// let (mask, report) =
+///     segment_lungs(&Kernels::Cpu, &ct, CtUnits::default(), &LungMaskParams::default());
+/// assert_eq!(report.kept_components, vec![240, 240]); // two lungs of 5 × 12 × 4 voxels
+/// assert_eq!(mask[[6, 10, 0]], 1);
+/// assert_eq!(mask[[10, 10, 0]], 0); // the tissue between them
+/// assert_eq!(mask[[0, 0, 0]], 0); // the air around the body
+/// ```
 pub fn segment_lungs(
     kernels: &Kernels,
     ct: &Volume,
@@ -224,6 +243,11 @@ pub fn segment_lungs(
 }
 
 /// Dice overlap of two binary masks (1 when both are empty).
+///
+/// ```
+/// let d = covflow_stages::lung_mask::dice([true, true, false], [true, false, false]);
+/// assert!((d - 2.0 / 3.0).abs() < 1e-12);
+/// ```
 pub fn dice(a: impl IntoIterator<Item = bool>, b: impl IntoIterator<Item = bool>) -> f64 {
     let (mut both, mut total) = (0usize, 0usize);
     for (x, y) in a.into_iter().zip(b) {
