@@ -374,3 +374,46 @@ fn mosmed_pipeline_reads_the_layout_directly() {
         assert!(dir.join("lesion.nii.gz").is_file(), "{id}");
     }
 }
+
+/// `spacing:` instead of `shape:` keeps the field of view; a mask that is not on its CT's grid
+/// is an error naming the file.
+#[test]
+fn resample_to_a_spacing_and_reject_a_mask_off_its_grid() {
+    use covflow_stages::volume::Volume;
+    let s = Scratch::new();
+    let out = s.run(&["phantom", "--out", "mm", "--count", "2", "--seed", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    s.write(
+        "p.yaml",
+        r#"
+name: spacing
+datasets:
+  studies: {mosmed: {root: mm}}
+stages:
+  grid:
+    uses: resample
+    foreach: studies
+    with: {spacing: [5.6, 5.6, null]}
+"#,
+    );
+    let run = s.json(&["run", "p.yaml"]);
+    assert_eq!(run["failed"], 0, "{run}");
+    let out = s.run(&["export", "p.yaml", "grid", "grid"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ct = Volume::read(&s.path().join("grid/study_0001/ct.nii.gz")).unwrap();
+    assert_eq!(ct.data.dim(), (64, 64, 16));
+    assert!((ct.spacing[0] - 5.6).abs() < 1e-4 && (ct.spacing[2] - 8.0).abs() < 1e-4);
+
+    // Study 2's expert mask replaced by one on another grid.
+    let mask = s.path().join("mm/masks/study_0002_mask.nii.gz");
+    Volume::new(ndarray::Array3::zeros((64, 64, 16)), [5.6, 5.6, 8.0])
+        .write_u8(&mask)
+        .unwrap();
+    let out = s.run(&["run", "p.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("study_0002_mask.nii.gz") && err.contains("must be on its CT's grid"),
+        "{err}"
+    );
+}

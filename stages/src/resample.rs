@@ -99,7 +99,7 @@ pub(crate) fn shape_param(
     let v = decl_with
         .get("shape")
         .and_then(|s| s.as_array())
-        .ok_or("resample needs `shape: [x, y, z]` (output voxels)")?;
+        .ok_or("`shape: [x, y, z]` (output voxels) is missing")?;
     let dims: Vec<usize> = v
         .iter()
         .filter_map(|d| d.as_u64().filter(|d| *d > 0).map(|d| d as usize))
@@ -107,6 +107,65 @@ pub(crate) fn shape_param(
     match dims.as_slice() {
         [x, y, z] => Ok([*x, *y, *z]),
         _ => Err("`shape` must be three positive integers [x, y, z]".into()),
+    }
+}
+
+/// The output grid of a `resample` task: a fixed number of voxels, or a target spacing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Grid {
+    /// Voxels along x, y, z.
+    Shape([usize; 3]),
+    /// Millimetres per voxel along x, y, z; `None` keeps that axis as it is. The field of view
+    /// is kept: each axis gets the whole number of voxels nearest to extent / spacing, so the
+    /// spacing written is the one that divides the extent exactly (2.003 mm for a target of 2).
+    Spacing([Option<f64>; 3]),
+}
+
+impl Grid {
+    /// Reads `shape:` or `spacing:` (exactly one of them).
+    pub fn from_with(with: &serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        match (with.get("shape"), with.get("spacing")) {
+            (Some(_), Some(_)) => Err("give `shape` or `spacing`, not both".into()),
+            (Some(_), None) => shape_param(with).map(Grid::Shape),
+            (None, Some(v)) => {
+                let bad = || {
+                    "`spacing` must be three positive numbers in mm [x, y, z], each or null to keep that axis"
+                        .to_string()
+                };
+                let items = v.as_array().filter(|a| a.len() == 3).ok_or_else(bad)?;
+                let mut out = [None; 3];
+                for (o, item) in out.iter_mut().zip(items) {
+                    *o = match item {
+                        serde_json::Value::Null => None,
+                        x => Some(x.as_f64().filter(|x| *x > 0.0).ok_or_else(bad)?),
+                    };
+                }
+                Ok(Grid::Spacing(out))
+            }
+            (None, None) => Err(
+                "resample needs `shape: [x, y, z]` (output voxels) or `spacing: [x, y, z]` (mm; null keeps an axis)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The output voxels for a volume of `dims` voxels at `spacing` mm.
+    ///
+    /// ```
+    /// use covflow_stages::resample::Grid;
+    /// let g = Grid::Spacing([Some(2.0), Some(2.0), None]);
+    /// assert_eq!(g.voxels([512, 512, 41], [0.7, 0.7, 8.0]), [179, 179, 41]);
+    /// assert_eq!(Grid::Shape([128, 128, 32]).voxels([512, 512, 41], [0.7, 0.7, 8.0]), [128, 128, 32]);
+    /// ```
+    pub fn voxels(&self, dims: [usize; 3], spacing: [f64; 3]) -> [usize; 3] {
+        match self {
+            Grid::Shape(s) => *s,
+            Grid::Spacing(t) => [0, 1, 2].map(|a| {
+                t[a].map_or(dims[a], |t| {
+                    ((dims[a] as f64 * spacing[a] / t).round() as usize).max(1)
+                })
+            }),
+        }
     }
 }
 
@@ -200,18 +259,18 @@ impl Stage for ResampleStage {
     }
 
     fn help(&self) -> String {
-        "resample takes `shape: [x, y, z]`, optional `window: [low, high]` (HU; default [-1000, 400], null for none) and `anti_aliasing: true|false` (default true)".into()
+        "resample takes `shape: [x, y, z]` (voxels) or `spacing: [x, y, z]` (mm, null keeps an axis), optional `window: [low, high]` (HU; default [-1000, 400], null for none) and `anti_aliasing: true|false` (default true)".into()
     }
 
     fn check(&self, decl: &StageDecl) -> Result<(), String> {
         for k in decl.with.keys() {
-            if !["shape", "window", "anti_aliasing"].contains(&k.as_str()) {
+            if !["shape", "spacing", "window", "anti_aliasing"].contains(&k.as_str()) {
                 return Err(format!(
-                    "unknown parameter `{k}` for resample (shape, window, anti_aliasing)"
+                    "unknown parameter `{k}` for resample (shape, spacing, window, anti_aliasing)"
                 ));
             }
         }
-        shape_param(&decl.with)?;
+        Grid::from_with(&decl.with)?;
         window_param(&decl.with)?;
         if decl
             .with
@@ -233,7 +292,7 @@ impl Stage for ResampleStage {
     }
 
     fn run(&self, ctx: &TaskContext) -> Result<(), StageError> {
-        let out = shape_param(ctx.params)?;
+        let grid = Grid::from_with(ctx.params)?;
         let window = if ctx.params.contains_key("window") {
             window_param(ctx.params)?
         } else {
@@ -248,13 +307,26 @@ impl Stage for ResampleStage {
         let study = StudyFiles::of(ctx)?;
         let ct_path = study.ct;
         let ct = Volume::read(&ct_path)?;
+        let (nx, ny, nz) = ct.data.dim();
+        let out = grid.voxels([nx, ny, nz], ct.spacing);
         resample_volume(&kernels, &ct, out, window, anti_alias)?
             .write_f32(&ctx.out_dir.join("ct.nii.gz"))?;
         CtUnits { window }.write(ctx.out_dir)?;
         for (mask, p) in [("lung.nii.gz", study.lung), ("lesion.nii.gz", study.lesion)] {
             if let Some(p) = p {
+                let m = Volume::read(&p)?;
+                if m.data.dim() != ct.data.dim() {
+                    return Err(format!(
+                        "{}: {:?} voxels, but its CT {} has {:?}\n  help: a mask must be on its CT's grid",
+                        p.display(),
+                        m.data.dim(),
+                        ct_path.display(),
+                        ct.data.dim()
+                    )
+                    .into());
+                }
                 // Masks are not low-passed: they are resampled and thresholded at 0.5.
-                let mut m = resample_volume(&kernels, &Volume::read(&p)?, out, None, false)?;
+                let mut m = resample_volume(&kernels, &m, out, None, false)?;
                 m.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
                 m.write_u8(&ctx.out_dir.join(mask))?;
             }
@@ -278,6 +350,33 @@ mod tests {
     fn world(v: &Volume, i: [f64; 3]) -> [f64; 3] {
         let a = &v.affine;
         [0, 1, 2].map(|r| a[r][0] * i[0] + a[r][1] * i[1] + a[r][2] * i[2] + a[r][3])
+    }
+
+    #[test]
+    fn grid_is_a_shape_or_a_spacing() {
+        let with = |j: serde_json::Value| Grid::from_with(j.as_object().unwrap());
+        assert_eq!(
+            with(serde_json::json!({"spacing": [2.0, 2.0, null]})).unwrap(),
+            Grid::Spacing([Some(2.0), Some(2.0), None])
+        );
+        assert!(
+            with(serde_json::json!({"shape": [1, 2, 3], "spacing": [1, 1, 1]}))
+                .unwrap_err()
+                .contains("not both")
+        );
+        assert!(
+            with(serde_json::json!({"spacing": [2, 0, 1]}))
+                .unwrap_err()
+                .contains("positive")
+        );
+        assert!(
+            with(serde_json::json!({}))
+                .unwrap_err()
+                .contains("`spacing: [x, y, z]`")
+        );
+        // The extent is kept: 12 voxels of 0.5 mm at a target of 2 mm are 3 voxels.
+        let g = Grid::Spacing([Some(2.0), None, Some(3.0)]);
+        assert_eq!(g.voxels([12, 7, 1], [0.5, 1.0, 1.0]), [3, 7, 1]);
     }
 
     #[test]
