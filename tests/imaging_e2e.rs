@@ -131,7 +131,7 @@ fn dice(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn resample_stage_on_wgpu_matches_the_reference_and_keeps_masks_aligned() {
     use covflow_kernels::Kernels;
-    use covflow_stages::resample::resample_volume;
+    use covflow_stages::resample::{resample_mask, resample_volume};
     use covflow_stages::volume::Volume;
     let s = Scratch::new();
     s.write(
@@ -190,15 +190,12 @@ stages:
         assert!(err < 1e-5, "{id}: CT differs from the reference by {err}");
         for mask in ["lesion.nii.gz", "lung.nii.gz"] {
             let m = Volume::read(&got.join(mask)).unwrap();
-            let mut r = resample_volume(
+            let r = resample_mask(
                 &Kernels::Cpu,
                 &Volume::read(&src.join(mask)).unwrap(),
                 [64, 64, 12],
-                None,
-                false,
             )
             .unwrap();
-            r.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
             let d = dice(m.data.as_slice().unwrap(), r.data.as_slice().unwrap());
             assert!(d >= 0.95, "{id} {mask}: Dice {d}");
         }
@@ -212,7 +209,7 @@ stages:
 #[test]
 fn preprocessing_on_wgpu_keeps_lesions_aligned_through_the_crop() {
     use covflow_kernels::Kernels;
-    use covflow_stages::resample::resample_volume;
+    use covflow_stages::resample::resample_mask;
     use covflow_stages::volume::Volume;
     let s = Scratch::new();
     s.write(
@@ -300,17 +297,9 @@ stages:
         // The generator's lesion mask through the CPU references with the crop's own box.
         let truth = read(s.path().join("wgpu/scans").join(id).join("lesion.nii.gz"));
         let k = Kernels::Cpu;
-        let mut g = resample_volume(&k, &truth, [128, 128, 32], None, false).unwrap();
-        g.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
-        let mut want = resample_volume(
-            &k,
-            &g.crop([lo[0], lo[1], lo[2]], [hi[0], hi[1], hi[2]]),
-            [96, 80, 24],
-            None,
-            false,
-        )
-        .unwrap();
-        want.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
+        let g = resample_mask(&k, &truth, [128, 128, 32]).unwrap();
+        let box_ = g.crop([lo[0], lo[1], lo[2]], [hi[0], hi[1], hi[2]]);
+        let want = resample_mask(&k, &box_, [96, 80, 24]).unwrap();
         let lesion = read(got.join("lesion.nii.gz"));
         let lesion_voxels = want.data.iter().filter(|v| **v > 0.5).count();
         if id == "study_0002" {

@@ -15,7 +15,7 @@
 
 use covflow_engine::{Stage, StageDecl, StageError, TaskContext};
 
-use crate::resample::{CtUnits, resample_volume, shape_param};
+use crate::resample::{CtUnits, resample_mask, resample_volume, shape_param};
 use crate::volume::Volume;
 
 /// The `crop` stage kind.
@@ -139,9 +139,8 @@ impl Stage for CropStage {
         resample_volume(&kernels, &ct.crop(bbox.lo, bbox.hi), shape, None, true)?
             .write_f32(&ctx.out_dir.join("ct.nii.gz"))?;
         let mask = |v: &Volume, name: &str| -> Result<(), StageError> {
-            let mut m = resample_volume(&kernels, &v.crop(bbox.lo, bbox.hi), shape, None, false)?;
-            m.data.mapv_inplace(|x| if x >= 0.5 { 1.0 } else { 0.0 });
-            m.write_u8(&ctx.out_dir.join(name))?;
+            resample_mask(&kernels, &v.crop(bbox.lo, bbox.hi), shape)?
+                .write_u8(&ctx.out_dir.join(name))?;
             Ok(())
         };
         mask(&lung, "lung.nii.gz")?;

@@ -248,6 +248,18 @@ pub fn resample_volume(
     Ok(v)
 }
 
+/// A binary mask resampled to `out` voxels the way every stage does it: trilinear, not
+/// low-passed, thresholded at 0.5.
+pub fn resample_mask(
+    kernels: &Kernels,
+    mask: &Volume,
+    out: [usize; 3],
+) -> Result<Volume, StageError> {
+    let mut m = resample_volume(kernels, mask, out, None, false)?;
+    m.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
+    Ok(m)
+}
+
 impl Stage for ResampleStage {
     fn kind(&self) -> &'static str {
         "resample"
@@ -325,10 +337,7 @@ impl Stage for ResampleStage {
                     )
                     .into());
                 }
-                // Masks are not low-passed: they are resampled and thresholded at 0.5.
-                let mut m = resample_volume(&kernels, &m, out, None, false)?;
-                m.data.mapv_inplace(|v| if v >= 0.5 { 1.0 } else { 0.0 });
-                m.write_u8(&ctx.out_dir.join(mask))?;
+                resample_mask(&kernels, &m, out)?.write_u8(&ctx.out_dir.join(mask))?;
             }
         }
         ctx.log.line(format!(
