@@ -10,6 +10,10 @@ use crate::blur::{blur_axis_kernel, blur_axis_reference, gaussian_weights};
 use crate::ccl::{label_components_reference, launch_label_components};
 use crate::morphology::{Morph, ellipsoid_offsets, launch_morph, morph_reference};
 use crate::resample::{resample_window_kernel, resample_window_reference};
+use crate::upsample::{
+    launch_upsample2x, launch_upsample2x_backward, upsample2x_backward_reference,
+    upsample2x_reference,
+};
 
 /// Device-to-device copy, the bandwidth reference.
 #[cube(launch)]
@@ -160,6 +164,48 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
             percent_of_copy: 100.0 * gbs / copy_gbs,
         });
     }
+    // The TransUNet decoder's ×2 upsampling and its backward at the first decoder stage's size
+    // (batch 8, 1024 channels of 8 × 8 → 16 × 16), as training runs them.
+    let (planes, h, w2) = (8 * 1024, 8, 8);
+    let small: Vec<f32> = crate::random_hu(planes * h * w2, 5)
+        .iter()
+        .map(|v| v / 1000.0)
+        .collect();
+    let big: Vec<f32> = crate::random_hu(4 * small.len(), 6)
+        .iter()
+        .map(|v| v / 1000.0)
+        .collect();
+    let small_h = client.create_from_slice(f32::as_bytes(&small));
+    let big_h = client.create_from_slice(f32::as_bytes(&big));
+    for backward in [false, true] {
+        let mut out = None;
+        let ms = median_ms(client, reps, || {
+            out = Some(if backward {
+                launch_upsample2x_backward(client, big_h.clone(), planes, h, w2)
+            } else {
+                launch_upsample2x(client, small_h.clone(), planes, h, w2)
+            });
+        });
+        let got = f32::from_bytes(&client.read_one_unchecked(out.expect("launched"))).to_vec();
+        let want = if backward {
+            upsample2x_backward_reference(&big, planes, h, w2)
+        } else {
+            upsample2x_reference(&small, planes, h, w2)
+        };
+        let gbs = ((small.len() + big.len()) * 4) as f64 / (ms * 1e-3) / 1e9;
+        reports.push(KernelReport {
+            kernel: format!(
+                "upsample x2 bilinear{}",
+                if backward { " backward" } else { "" }
+            ),
+            size: format!("8x1024x{h}x{w2} <-> 8x1024x{}x{}", 2 * h, 2 * w2),
+            max_error: crate::max_abs_diff(&want, &got),
+            ms,
+            gb_per_s: gbs,
+            percent_of_copy: 100.0 * gbs / copy_gbs,
+        });
+    }
+
     // Connected components of a blobby mask (white noise smoothed, thresholded at its median:
     // large tangled components, the hard case), init + 3 merges + compress, as the lung mask runs.
     let mut field = data.clone();
