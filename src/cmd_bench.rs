@@ -12,7 +12,7 @@ pub enum Conv {
     ImplicitGemm,
 }
 
-impl From<Conv> for covflow_stages::models::ConvImpl {
+impl From<Conv> for covflow_models::ConvImpl {
     fn from(c: Conv) -> Self {
         match c {
             Conv::Im2col => Self::Im2col,
@@ -107,7 +107,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
             conv,
         } => {
             let imp = conv.into();
-            let report = covflow_stages::bench::transunet(device, batch, steps, width_div, imp)?;
+            let report = covflow_models::bench::transunet(device, batch, steps, width_div, imp)?;
             let mut json = serde_json::to_value(&report)?;
             json["device"] = device.name().into();
             json["width_div"] = width_div.into();
@@ -121,7 +121,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
             reps,
         } => {
             let mut bad = 0;
-            for r in covflow_stages::bench::conv(device, conv.into(), batch, reps)? {
+            for r in covflow_models::bench::conv(device, conv.into(), batch, reps)? {
                 bad += r.rel_error.iter().any(|e| e.is_nan() || *e >= 1e-3) as usize;
                 let mut json = serde_json::to_value(&r)?;
                 json["device"] = device.name().into();
@@ -140,7 +140,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
             reps,
         } => {
             let grid = [grid[0], grid[1], grid[2]];
-            for t in covflow_stages::bench::preprocess(device, &input, grid, reps)? {
+            let kernels = covflow_kernels::Kernels::on(device)?;
+            for t in covflow_imaging::bench::preprocess(&kernels, &input, grid, reps)? {
                 let mut json = serde_json::to_value(&t)?;
                 json["device"] = device.name().into();
                 println!("{}", serde_json::to_string(&json)?);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use covflow_cache::Store;
+use covflow_engine::NodeIndex;
 use covflow_engine::{CancelToken, KeyMaterial, TaskState, Upstream, Workflow, reexecute};
 
 use crate::{Failure, PipelineArgs, workflow};
@@ -56,26 +57,18 @@ pub enum CacheCommand {
     },
 }
 
-/// For every cached task of the plan, its artifact as an input.
+/// The plan, and every cached task of it as an input.
 fn cached_artifacts(
     wf: &Workflow,
-) -> Result<(Vec<covflow_engine::PlannedTask>, HashMap<usize, Upstream>), Failure> {
+) -> Result<
+    (
+        Vec<covflow_engine::PlannedTask>,
+        HashMap<NodeIndex, Upstream>,
+    ),
+    Failure,
+> {
     let plan = wf.plan(&BTreeSet::new())?;
-    let mut done = HashMap::new();
-    for p in &plan {
-        if let (TaskState::Cached, Some(key)) = (&p.state, p.key)
-            && let Some(a) = wf.store.get(&key)?
-        {
-            done.insert(
-                p.node.index(),
-                Upstream {
-                    digest: a.manifest.digest.clone(),
-                    key,
-                    dir: a.data_dir(),
-                },
-            );
-        }
-    }
+    let done = wf.cached_inputs(&plan)?;
     Ok((plan, done))
 }
 
@@ -92,7 +85,7 @@ pub fn audit(a: AuditArgs) -> Result<(), Failure> {
     let cancel = CancelToken::default();
     for p in &plan {
         let label = wf.graph.label(p.node);
-        let Some(up) = done.get(&p.node.index()) else {
+        let Some(up) = done.get(&p.node) else {
             let why = match &p.state {
                 TaskState::Run(r) => r.clone(),
                 TaskState::Cached => "unreadable".into(),
@@ -125,7 +118,7 @@ pub fn audit(a: AuditArgs) -> Result<(), Failure> {
             let inputs: Option<Vec<Upstream>> = wf.graph.graph[p.node]
                 .inputs
                 .iter()
-                .map(|i| done.get(&i.index()).cloned())
+                .map(|i| done.get(i).cloned())
                 .collect();
             let inputs = inputs.expect("a cached task has cached inputs");
             match reexecute(&wf, p.node, &inputs, &cancel) {
@@ -232,7 +225,7 @@ pub fn cache(c: CacheCommand) -> Result<(), Failure> {
                     file: f.clone(),
                     set: Vec::new(),
                     cache: cache.clone(),
-                    device: covflow_kernels::Device::Cpu,
+                    device: covflow_engine::Device::Cpu,
                 };
                 if store_dir.is_none() {
                     store_dir = Some(workflow::cache_dir(&args));
@@ -299,7 +292,7 @@ pub fn export(a: ExportArgs) -> Result<(), Failure> {
         .collect();
     let missing: Vec<String> = tasks
         .iter()
-        .filter(|p| !done.contains_key(&p.node.index()))
+        .filter(|p| !done.contains_key(&p.node))
         .map(|p| wf.graph.label(p.node))
         .collect();
     if !missing.is_empty() {
@@ -310,7 +303,7 @@ pub fn export(a: ExportArgs) -> Result<(), Failure> {
         )));
     }
     for p in &tasks {
-        let up = &done[&p.node.index()];
+        let up = &done[&p.node];
         let target = match wf.graph.item_id(p.node) {
             Some(item) => a.dest.join(item),
             None => a.dest.clone(),

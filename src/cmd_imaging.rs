@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use covflow_stages::phantom::PhantomSize;
-use covflow_stages::volume::Volume;
+use covflow_imaging::Volume;
+use covflow_imaging::phantom::{PhantomSize, write_mosmed_tree};
 
 use crate::Failure;
 
@@ -78,12 +78,13 @@ pub fn inspect(a: InspectArgs) -> Result<(), Failure> {
 
 pub fn phantom(a: PhantomArgs) -> Result<(), Failure> {
     let t = std::time::Instant::now();
-    let written = covflow_stages::phantom_stage::write_mosmed_tree(&a.out, a.count, a.seed, a.size)
-        .map_err(|e| Failure::Failed(e.to_string()))?;
-    for (id, category, involvement) in &written {
+    let written = write_mosmed_tree(&a.out, a.count, a.seed, a.size)?;
+    for s in &written {
         println!(
-            "{id}  CT-{category}  lesions {:.2} % of lung",
-            100.0 * involvement
+            "{}  CT-{}  lesions {:.2} % of lung",
+            s.id,
+            s.category,
+            100.0 * s.involvement
         );
     }
     eprintln!(

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
 use covflow_engine::{
-    CancelToken, Outcome, RunError, RunOptions, RunReport, Selection, SlurmOptions, TaskState,
-    Upstream, run_local, run_slurm, run_task,
+    CancelToken, Outcome, RunError, RunOptions, RunReport, Selection, SlurmError, SlurmOptions,
+    StageInvocation, TaskState, run_local, run_slurm, run_task,
 };
 use serde_json::json;
 
@@ -93,7 +93,7 @@ pub enum StageCommand {
         /// The stage.
         stage: String,
         /// The item, for fan-out stages.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         item: Option<String>,
         /// Re-run even if cached.
         #[arg(long)]
@@ -101,6 +101,15 @@ pub enum StageCommand {
         /// Print the task's report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// What each stage kind does and the parameters its `with:` takes, with types, defaults and
+    /// meanings.
+    Kinds {
+        /// One kind (default: all).
+        kind: Option<String>,
+        /// As the README's markdown tables.
+        #[arg(long)]
+        markdown: bool,
     },
 }
 
@@ -159,25 +168,11 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     };
     let wf = Arc::new(wf);
     if a.executor == Executor::Slurm {
-        if a.until.is_some() || a.only.is_some() {
-            return Err(Failure::Invalid(
-                "--until and --only are not supported with --executor slurm yet".into(),
-            ));
-        }
-        let mut stage_args = vec![
-            "--cache".to_string(),
-            wf.store.root().to_string_lossy().into_owned(),
-            "--device".to_string(),
-            wf.device.clone(),
-        ];
-        for s in &a.pipeline.set {
-            stage_args.push("--set".into());
-            stage_args.push(s.clone());
-        }
         let opts = SlurmOptions {
             covflow: std::env::current_exe()
                 .map_err(|e| Failure::Failed(format!("cannot find the covflow binary: {e}")))?,
-            stage_args,
+            overrides: a.pipeline.set.clone(),
+            selection: opts.selection,
             partition: a.partition.clone(),
             account: a.account.clone(),
             sbatch_args: a.slurm_args.clone(),
@@ -185,9 +180,13 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             wait: !a.no_wait,
             poll: std::time::Duration::from_millis(500),
         };
-        let (report, jobs) = runtime()
-            .block_on(run_slurm(wf.clone(), opts))
-            .map_err(|e| Failure::Failed(e.to_string()))?;
+        let (report, jobs) =
+            runtime()
+                .block_on(run_slurm(wf.clone(), opts))
+                .map_err(|e| match e {
+                    SlurmError::Selection(e) => run_error(e),
+                    other => Failure::Failed(other.to_string()),
+                })?;
         for j in &jobs {
             eprintln!(
                 "covflow: submitted {} task(s) of `{}` as SLURM job {} (logs: {})",
@@ -308,24 +307,100 @@ pub fn graph(a: GraphArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn stage(c: StageCommand) -> Result<(), Failure> {
-    let StageCommand::Run {
-        pipeline,
-        stage,
-        item,
+/// What `stage run`'s arguments say, as the engine's shared type (the SLURM executor writes
+/// job scripts from the same type).
+fn invocation(
+    pipeline: &PipelineArgs,
+    stage: &str,
+    item: Option<&str>,
+    force: bool,
+) -> StageInvocation {
+    StageInvocation {
+        pipeline: pipeline.file.clone(),
+        stage: stage.to_string(),
+        item: item.map(str::to_string),
+        cache: workflow::cache_dir(pipeline),
+        device: pipeline.device,
+        overrides: pipeline.set.clone(),
         force,
-        json,
-    } = c;
-    let wf = workflow::load(&pipeline)?;
-    check_stages(&wf, std::slice::from_ref(&stage))?;
-    let Some(node) = wf.graph.find(&stage, item.as_deref()) else {
+    }
+}
+
+pub fn stage(c: StageCommand) -> Result<(), Failure> {
+    match c {
+        StageCommand::Run {
+            pipeline,
+            stage,
+            item,
+            force,
+            json,
+        } => {
+            let inv = invocation(&pipeline, &stage, item.as_deref(), force);
+            stage_run(&pipeline, &inv, json)
+        }
+        StageCommand::Kinds { kind, markdown } => stage_kinds(kind.as_deref(), markdown),
+    }
+}
+
+/// `covflow stage kinds [KIND] [--markdown]`: every kind's purpose and parameters, from their
+/// definitions (the README's tables are the `--markdown` output).
+fn stage_kinds(kind: Option<&str>, markdown: bool) -> Result<(), Failure> {
+    let registry = workflow::registry();
+    let kinds: Vec<&str> = match kind {
+        Some(k) if registry.stage(k).is_some() => vec![k],
+        Some(k) => {
+            return Err(Failure::Invalid(format!(
+                "unknown stage kind `{k}`\n  help: known kinds: {}",
+                registry.stage_kinds().join(", ")
+            )));
+        }
+        None => registry.stage_kinds(),
+    };
+    for k in kinds {
+        let stage = registry.stage(k).expect("listed above");
+        if markdown {
+            println!("#### `{k}`\n\n{}\n", stage.about());
+            print!("{}", covflow_engine::params_markdown(stage.as_ref()));
+            println!();
+            continue;
+        }
+        println!("{k} (version {})\n  {}", stage.version(), stage.about());
+        let params = stage.params();
+        if params.is_empty() {
+            println!("  no parameters");
+        }
+        for p in params {
+            println!(
+                "  {}: {}, {}",
+                p.name,
+                p.ty,
+                if p.default == "required" {
+                    p.default.clone()
+                } else {
+                    format!("default {}", p.default)
+                }
+            );
+            if !p.doc.is_empty() {
+                println!("      {}", p.doc);
+            }
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn stage_run(args: &PipelineArgs, inv: &StageInvocation, json: bool) -> Result<(), Failure> {
+    let wf = workflow::load(args)?;
+    let (stage, item) = (&inv.stage, &inv.item);
+    check_stages(&wf, std::slice::from_ref(stage))?;
+    let Some(node) = wf.graph.find(stage, item.as_deref()) else {
         let items: Vec<String> = wf
             .graph
-            .tasks_of(&stage)
+            .tasks_of(stage)
             .into_iter()
             .filter_map(|n| wf.graph.item_id(n).map(str::to_string))
             .collect();
-        return Err(Failure::Invalid(match (&item, items.is_empty()) {
+        return Err(Failure::Invalid(match (item, items.is_empty()) {
             (None, false) => format!(
                 "stage `{stage}` fans out over {} items: pass --item ID (e.g. --item {})",
                 items.len(),
@@ -338,24 +413,13 @@ pub fn stage(c: StageCommand) -> Result<(), Failure> {
     };
     let upstream = wf.graph.ancestors(&[node]);
     let plan = wf.plan_selected(&BTreeSet::new(), Some(&upstream))?;
-    let by_node: std::collections::HashMap<_, _> = plan.iter().map(|p| (p.node, p)).collect();
+    let mut cached = wf.cached_inputs(&plan)?;
     let mut inputs = Vec::new();
     let mut missing = Vec::new();
     for &i in &wf.graph.graph[node].inputs {
-        let p = by_node[&i];
-        match (&p.state, p.key) {
-            (TaskState::Cached, Some(key)) => {
-                let a = wf
-                    .store
-                    .get(&key)?
-                    .ok_or_else(|| Failure::Failed(format!("artifact {key} vanished")))?;
-                inputs.push(Upstream {
-                    digest: a.manifest.digest.clone(),
-                    key,
-                    dir: a.data_dir(),
-                });
-            }
-            _ => missing.push(wf.graph.label(i)),
+        match cached.remove(&i) {
+            Some(up) => inputs.push(up),
+            None => missing.push(wf.graph.label(i)),
         }
     }
     if !missing.is_empty() {
@@ -368,7 +432,7 @@ pub fn stage(c: StageCommand) -> Result<(), Failure> {
         ));
     }
     let cancel = CancelToken::default();
-    let result = run_task(&wf, node, &inputs, force, 0, &cancel);
+    let result = run_task(&wf, node, &inputs, inv.force, 0, &cancel);
     match result {
         Ok((outcome, material, up)) => {
             if json {
@@ -392,5 +456,42 @@ pub fn stage(c: StageCommand) -> Result<(), Failure> {
             f.message,
             f.log_tail
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_slurm_command_line_parses_back_to_the_same_invocation() {
+        for item in [None, Some("study_0001"), Some("-rf")] {
+            let want = StageInvocation {
+                pipeline: "/p/demo pipeline.yaml".into(),
+                stage: "crops".into(),
+                item: item.map(str::to_string),
+                cache: "/scratch/cache".into(),
+                device: covflow_engine::Device::Wgpu,
+                overrides: vec![
+                    "params.count=2".into(),
+                    "stages.grid.with.shape=[1, 2, 3]".into(),
+                ],
+                force: item.is_some(),
+            };
+            let argv = std::iter::once("covflow".to_string()).chain(want.args());
+            let crate::Command::Stage(StageCommand::Run {
+                pipeline,
+                stage,
+                item,
+                force,
+                ..
+            }) = crate::Cli::try_parse_from(argv).expect("parses").command
+            else {
+                panic!("not `stage run`");
+            };
+            assert_eq!(invocation(&pipeline, &stage, item.as_deref(), force), want);
+        }
     }
 }

@@ -45,7 +45,7 @@ pub struct PipelineArgs {
     pub cache: Option<PathBuf>,
     /// Compute device: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu", env = "COVFLOW_DEVICE")]
-    pub device: covflow_kernels::Device,
+    pub device: covflow_engine::Device,
 }
 
 #[derive(Subcommand, Debug)]

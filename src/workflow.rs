@@ -27,7 +27,7 @@ pub fn cache_dir(args: &PipelineArgs) -> PathBuf {
 
 /// Parses, validates and expands the pipeline and opens its cache.
 pub fn load(args: &PipelineArgs) -> Result<Workflow, Failure> {
-    if !args.device.compiled_in() {
+    if !covflow_stages::device_built(args.device) {
         return Err(Failure::Invalid(format!(
             "--device {}: this covflow was built without it\n  help: rebuild with `--features {}` or pass --device cpu",
             args.device, args.device
@@ -44,6 +44,6 @@ pub fn load(args: &PipelineArgs) -> Result<Workflow, Failure> {
         graph,
         registry,
         store,
-        device: args.device.name().to_string(),
+        device: args.device,
     })
 }

@@ -67,7 +67,10 @@ fn unknown_need_and_wrong_types() {
     let err = error_of("name: n\nstages:\n  a: {uses: exec, needs: [zz], with: {run: x}}\n");
     assert!(err.contains("needs `zz`, which is not a stage"), "{err}");
     let err = error_of("name: t\nstages:\n  a: {uses: exec, with: {run: 3}}\n");
-    assert!(err.contains("`run` must be a string"), "{err}");
+    assert!(
+        err.contains("parameter `run`: invalid type: integer `3`, expected a string"),
+        "{err}"
+    );
     let err =
         error_of("name: t\nstages:\n  a: {uses: exec, resources: {gpu: many}, with: {run: x}}\n");
     assert!(err.contains("invalid type"), "{err}");

@@ -11,7 +11,7 @@ use covflow_cache::{CacheKey, Store};
 use petgraph::graph::NodeIndex;
 use serde_json::json;
 
-use crate::plan::{KeyMaterial, TaskState, Workflow};
+use crate::plan::{KeyMaterial, Workflow};
 use crate::stage::{CancelToken, Input, TaskContext, TaskLog};
 
 /// What happened to a task in a run.
@@ -70,12 +70,19 @@ impl RunReport {
             "failed": self.count(Outcome::Failed),
             "skipped": self.count(Outcome::Skipped),
             "cancelled": self.cancelled,
-            "tasks": self.tasks.iter().map(|t| json!({
-                "stage": t.stage,
-                "item": t.item,
-                "state": t.state,
-                "key": t.key.map(|k| k.to_hex()),
-            })).collect::<Vec<_>>(),
+            "tasks": self.tasks.iter().map(|t| {
+                let mut task = json!({
+                    "stage": t.stage,
+                    "item": t.item,
+                    "state": t.state,
+                    "key": t.key.map(|k| k.to_hex()),
+                });
+                if t.state == Outcome::Failed {
+                    task["error"] = json!(t.error);
+                    task["log_tail"] = json!(t.log_tail);
+                }
+                task
+            }).collect::<Vec<_>>(),
         })
     }
 }
@@ -121,8 +128,19 @@ fn stage_inputs(wf: &Workflow, n: NodeIndex, inputs: &[Upstream]) -> Vec<Input> 
         .collect()
 }
 
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Runs task `n`'s stage once into `out_dir`: the one place a [`TaskContext`] is made, for real
-/// runs and for `audit --reexecute` alike.
+/// runs and for `audit --reexecute` alike. A stage that panics fails its task, with the panic's
+/// message in the task's log, and nothing else: a panic is a bug in one stage kind, not a reason
+/// to lose the run's other tasks and its report.
 fn run_stage(
     wf: &Workflow,
     n: NodeIndex,
@@ -135,17 +153,26 @@ fn run_stage(
     let t = &wf.graph.graph[n];
     let decl = &wf.pipeline.stages[t.stage];
     let stage = wf.registry.stage(&decl.uses).expect("checked at load");
-    stage.run(&TaskContext {
-        pipeline_dir: &wf.pipeline.dir,
-        stage: &decl.name,
-        item: t.item.as_ref(),
-        params: &decl.with,
-        inputs,
-        out_dir,
-        work_dir,
-        device: &wf.device,
-        log,
-        cancel,
+    let run = std::panic::AssertUnwindSafe(|| {
+        stage.run(
+            &decl.params,
+            &TaskContext {
+                pipeline_dir: &wf.pipeline.dir,
+                stage: &decl.name,
+                item: t.item.as_ref(),
+                inputs,
+                out_dir,
+                work_dir,
+                device: wf.device,
+                log,
+                cancel,
+            },
+        )
+    });
+    std::panic::catch_unwind(run).unwrap_or_else(|payload| {
+        let message = format!("the stage panicked: {}", panic_message(payload.as_ref()));
+        log.line(format!("# covflow: {message}"));
+        Err(message.into())
     })
 }
 
@@ -170,17 +197,8 @@ pub fn run_task(
     let log = TaskLog::default();
     let store: &Store = &wf.store;
     let _lock = store.lock(&key).map_err(|e| fail(e.to_string(), &log))?;
-    if !force && let Some(a) = store.get(&key).map_err(|e| fail(e.to_string(), &log))? {
-        let dir = a.data_dir();
-        return Ok((
-            Outcome::Cached,
-            material,
-            Upstream {
-                digest: a.manifest.digest,
-                key,
-                dir,
-            },
-        ));
+    if !force && let Some(up) = wf.cached(key).map_err(|e| fail(e.to_string(), &log))? {
+        return Ok((Outcome::Cached, material, up));
     }
     let t = &wf.graph.graph[n];
     let decl = &wf.pipeline.stages[t.stage];
@@ -210,7 +228,7 @@ pub fn run_task(
                     "kind": decl.uses,
                     "version": stage.version(),
                     "item": t.item.as_ref().map(|i| &i.id),
-                    "params": decl.with,
+                    "params": decl.params,
                     "inputs": task_inputs.iter().zip(inputs).map(|(i, u)| json!({
                         "stage": i.stage, "item": i.item, "key": u.key, "digest": u.digest,
                     })).collect::<Vec<_>>(),
@@ -260,6 +278,80 @@ pub enum Selection {
     Until(String),
     /// Only the tasks of a stage; their inputs must be cached (`--only`).
     Only(String),
+}
+
+impl Selection {
+    /// The stage it names, if any.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            Selection::All => None,
+            Selection::Until(s) | Selection::Only(s) => Some(s),
+        }
+    }
+}
+
+impl Workflow {
+    /// Which tasks a selection covers, by node index; the same for every executor.
+    pub fn select(&self, selection: &Selection) -> Result<Vec<bool>, RunError> {
+        let g = &self.graph;
+        let count = g.graph.node_count();
+        let Some(stage) = selection.stage() else {
+            return Ok(vec![true; count]);
+        };
+        let tasks = g.tasks_of(stage);
+        if tasks.is_empty() {
+            return Err(RunError::NoSuchTask(format!(
+                "no stage `{stage}` in {}",
+                self.pipeline.path.display()
+            )));
+        }
+        if matches!(selection, Selection::Until(_)) {
+            return Ok(g.ancestors(&tasks));
+        }
+        let mut v = vec![false; count];
+        for t in tasks {
+            v[t.index()] = true;
+        }
+        Ok(v)
+    }
+
+    /// With `--only`, the inputs of the selected tasks that lie outside the selection, which must
+    /// all come from the cache (else [`RunError::MissingInputs`] names them). Empty otherwise.
+    pub fn inputs_from_cache(
+        &self,
+        selection: &Selection,
+        selected: &[bool],
+    ) -> Result<Vec<(NodeIndex, Upstream)>, RunError> {
+        let Selection::Only(stage) = selection else {
+            return Ok(Vec::new());
+        };
+        let g = &self.graph;
+        let outside: Vec<NodeIndex> = g
+            .order
+            .iter()
+            .filter(|n| selected[n.index()])
+            .flat_map(|&n| g.graph[n].inputs.iter().copied())
+            .filter(|i| !selected[i.index()])
+            .collect();
+        let upstream = g.ancestors(&outside);
+        let plan = self.plan_selected(&BTreeSet::new(), Some(&upstream))?;
+        let cached = self.cached_inputs(&plan)?;
+        let missing: BTreeSet<String> = outside
+            .iter()
+            .filter(|i| !cached.contains_key(i))
+            .map(|&i| g.label(i))
+            .collect();
+        if !missing.is_empty() {
+            return Err(RunError::MissingInputs {
+                task: format!("stage `{stage}`"),
+                missing: missing.into_iter().collect::<Vec<_>>().join(", "),
+            });
+        }
+        Ok(cached
+            .into_iter()
+            .filter(|(n, _)| outside.contains(n))
+            .collect())
+    }
 }
 
 /// Options of a local run.
@@ -353,60 +445,10 @@ pub async fn run_local(
 ) -> Result<RunReport, RunError> {
     let g = &wf.graph;
     let count = g.graph.node_count();
-    let selected: Vec<bool> = match &opts.selection {
-        Selection::All => vec![true; count],
-        Selection::Until(s) | Selection::Only(s) => {
-            let tasks = g.tasks_of(s);
-            if tasks.is_empty() {
-                return Err(RunError::NoSuchTask(format!(
-                    "no stage `{s}` in {}",
-                    wf.pipeline.path.display()
-                )));
-            }
-            if matches!(opts.selection, Selection::Until(_)) {
-                g.ancestors(&tasks)
-            } else {
-                let mut v = vec![false; count];
-                for t in tasks {
-                    v[t.index()] = true;
-                }
-                v
-            }
-        }
-    };
-
+    let selected = wf.select(&opts.selection)?;
     let mut status: Vec<Status> = vec![Status::Skipped; count];
-    if matches!(opts.selection, Selection::Only(_)) {
-        // Unselected inputs must come from the cache.
-        let plan = wf.plan(&BTreeSet::new())?;
-        for p in &plan {
-            if !selected[p.node.index()] && p.state == TaskState::Cached {
-                let key = p.key.expect("cached tasks have keys");
-                if let Some(a) = wf.store.get(&key)? {
-                    status[p.node.index()] = Status::Done(Upstream {
-                        digest: a.manifest.digest.clone(),
-                        key,
-                        dir: a.data_dir(),
-                    });
-                }
-            }
-        }
-        let mut missing = BTreeSet::new();
-        for &n in &g.order {
-            if selected[n.index()] {
-                for &i in &g.graph[n].inputs {
-                    if !selected[i.index()] && !matches!(status[i.index()], Status::Done(_)) {
-                        missing.insert(g.label(i));
-                    }
-                }
-            }
-        }
-        if !missing.is_empty() {
-            return Err(RunError::MissingInputs {
-                task: format!("stage `{}`", selected_stage(&opts.selection)),
-                missing: missing.into_iter().collect::<Vec<_>>().join(", "),
-            });
-        }
+    for (n, up) in wf.inputs_from_cache(&opts.selection, &selected)? {
+        status[n.index()] = Status::Done(up);
     }
 
     let mut ready: VecDeque<NodeIndex> = VecDeque::new();
@@ -438,6 +480,7 @@ pub async fn run_local(
 
     let mut outcomes: Vec<Option<TaskReport>> = vec![None; count];
     let mut join = tokio::task::JoinSet::new();
+    let mut in_flight = std::collections::HashMap::new();
     let (mut running, mut gpu_used, mut cpu_used) = (0usize, 0u32, 0u32);
     let mut stopping = false;
     let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
@@ -469,13 +512,9 @@ pub async fn run_local(
             if !force {
                 let digests: Vec<String> = inputs.iter().map(|u| u.digest.clone()).collect();
                 let key = wf.material(n, &digests).key();
-                if let Some(a) = wf.store.get(&key)? {
+                if let Some(up) = wf.cached(key)? {
                     ready.remove(i);
-                    status[n.index()] = Status::Done(Upstream {
-                        digest: a.manifest.digest.clone(),
-                        key,
-                        dir: a.data_dir(),
-                    });
+                    status[n.index()] = Status::Done(up);
                     outcomes[n.index()] = Some(TaskReport {
                         stage: stage_name,
                         item: g.item_id(n).map(str::to_string),
@@ -510,21 +549,26 @@ pub async fn run_local(
             let wf2 = wf.clone();
             let cancel2 = cancel.clone();
             let retries = opts.retries;
-            join.spawn_blocking(move || {
-                let r = run_task(&wf2, n, &inputs, force, retries, &cancel2);
-                (n, need_cpu, need_gpu, r)
-            });
+            let handle =
+                join.spawn_blocking(move || run_task(&wf2, n, &inputs, force, retries, &cancel2));
+            in_flight.insert(handle.id(), (n, need_cpu, need_gpu));
         }
         if running == 0 {
             break;
         }
         tokio::select! {
-            done = join.join_next() => {
+            done = join.join_next_with_id() => {
                 let Some(done) = done else { break };
-                let (n, c, gp, result) = match done {
-                    Ok(v) => v,
-                    Err(e) => panic!("a task thread panicked: {e}"),
+                let (id, result) = match done {
+                    Ok((id, r)) => (id, r),
+                    // Stages' panics are caught in `run_stage`; this is one in covflow itself
+                    // while it ran a task. It fails that task, not the run.
+                    Err(e) => (e.id(), Err(TaskFailure {
+                        message: format!("covflow failed while running the task: {e}"),
+                        log_tail: String::new(),
+                    })),
                 };
+                let (n, c, gp) = in_flight.remove(&id).expect("every spawned task is in flight");
                 running -= 1;
                 cpu_used -= c;
                 gpu_used -= gp;
@@ -585,13 +629,6 @@ pub async fn run_local(
             }));
     }
     Ok(report)
-}
-
-fn selected_stage(s: &Selection) -> &str {
-    match s {
-        Selection::All => "",
-        Selection::Until(x) | Selection::Only(x) => x,
-    }
 }
 
 /// Runs a task again in a scratch directory and returns the content digest of what it wrote,

@@ -22,23 +22,30 @@ mod builtin;
 mod error;
 mod execute;
 mod graph;
+mod invocation;
+mod params;
 mod plan;
 mod registry;
 mod slurm;
 mod spec;
 mod stage;
 
-pub use builtin::{CountSource, ExecStage, GlobSource, ListSource};
+pub use builtin::{CountSource, ExecParams, ExecStage, GlobSource, ListSource};
 pub use error::{Location, SpecError, locate};
 pub use execute::{
     Outcome, RunError, RunOptions, RunReport, Selection, TaskFailure, TaskReport, Upstream,
     reexecute, run_local, run_task,
 };
 pub use graph::{TaskGraph, TaskNode};
+pub use invocation::StageInvocation;
+pub use params::{DynStage, ParamDoc, ParamError, param_docs, params_markdown};
+/// A task in the [`TaskGraph`].
+pub use petgraph::graph::NodeIndex;
 pub use plan::{InputRef, KeyMaterial, PlannedTask, TaskState, Workflow};
 pub use registry::Registry;
 pub use slurm::{SlurmError, SlurmOptions, SubmittedJob, run_slurm};
 pub use spec::{DatasetDecl, Pipeline, Resources, StageDecl};
 pub use stage::{
-    CancelToken, DatasetSource, Input, Item, Stage, StageError, TaskContext, TaskLog, valid_item_id,
+    CancelToken, DatasetSource, Device, Input, Item, Stage, StageError, TaskContext, TaskLog,
+    valid_item_id,
 };

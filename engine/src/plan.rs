@@ -2,14 +2,18 @@
 
 use std::collections::BTreeSet;
 
-use covflow_cache::{CacheKey, KeyBuilder, Store, canonical_json};
+use std::collections::HashMap;
+
+use covflow_cache::{CacheError, CacheKey, KeyBuilder, Store, canonical_json};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use crate::execute::Upstream;
 use crate::graph::TaskGraph;
 use crate::registry::Registry;
 use crate::spec::Pipeline;
+use crate::stage::Device;
 
 /// One input of a task as it enters the key: which upstream task, and the content digest of
 /// the artifact it produced.
@@ -31,7 +35,7 @@ pub struct KeyMaterial {
     pub kind: String,
     /// Stage kind's implementation version.
     pub version: u32,
-    /// Parameters (`with:` after substitution).
+    /// Parameters: the stage kind's typed `with:`, serialized with every default filled in.
     pub params: Json,
     /// Item id, for fan-out tasks.
     pub item: Option<String>,
@@ -167,8 +171,8 @@ pub struct Workflow {
     pub registry: Registry,
     /// The cache.
     pub store: Store,
-    /// The device (`cpu`, `wgpu`, `cuda`).
-    pub device: String,
+    /// The device of the run.
+    pub device: Device,
 }
 
 /// The note that remembers the key material a task last ran with.
@@ -188,10 +192,12 @@ impl Workflow {
         KeyMaterial {
             kind: decl.uses.clone(),
             version: stage.version(),
-            params: Json::Object(decl.with.clone()),
+            params: decl.params.clone(),
             item: t.item.as_ref().map(|i| i.id.clone()),
             item_digest: t.item.as_ref().map(|i| i.digest.clone()),
-            device: stage.device_dependent().then(|| self.device.clone()),
+            device: stage
+                .device_dependent()
+                .then(|| self.device.name().to_string()),
             inputs: t
                 .inputs
                 .iter()
@@ -203,6 +209,32 @@ impl Workflow {
                 })
                 .collect(),
         }
+    }
+
+    /// The artifact of `key` as a task input, when it is in the cache: the one place a cached
+    /// artifact becomes an [`Upstream`].
+    pub fn cached(&self, key: CacheKey) -> Result<Option<Upstream>, CacheError> {
+        Ok(self.store.get(&key)?.map(|a| Upstream {
+            digest: a.manifest.digest.clone(),
+            key,
+            dir: a.data_dir(),
+        }))
+    }
+
+    /// Every task of `plan` that is cached, as an input, by node.
+    pub fn cached_inputs(
+        &self,
+        plan: &[PlannedTask],
+    ) -> Result<HashMap<NodeIndex, Upstream>, CacheError> {
+        let mut done = HashMap::new();
+        for p in plan {
+            if let (TaskState::Cached, Some(key)) = (&p.state, p.key)
+                && let Some(up) = self.cached(key)?
+            {
+                done.insert(p.node, up);
+            }
+        }
+        Ok(done)
     }
 
     /// The state of every task, in dependency order. `force` names stages to re-run.

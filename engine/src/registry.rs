@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::builtin;
+use crate::params::DynStage;
 use crate::stage::{DatasetSource, Stage};
 
 /// Known stage kinds and dataset sources.
@@ -15,7 +16,7 @@ use crate::stage::{DatasetSource, Stage};
 /// ```
 #[derive(Clone, Default)]
 pub struct Registry {
-    stages: BTreeMap<&'static str, Arc<dyn Stage>>,
+    stages: BTreeMap<&'static str, Arc<dyn DynStage>>,
     datasets: BTreeMap<&'static str, Arc<dyn DatasetSource>>,
 }
 
@@ -37,8 +38,8 @@ impl Registry {
     }
 
     /// Registers a stage kind.
-    pub fn add_stage(&mut self, stage: impl Stage + 'static) -> &mut Self {
-        self.stages.insert(stage.kind(), Arc::new(stage));
+    pub fn add_stage(&mut self, stage: impl Stage) -> &mut Self {
+        self.stages.insert(Stage::kind(&stage), Arc::new(stage));
         self
     }
 
@@ -49,7 +50,7 @@ impl Registry {
     }
 
     /// The stage kind named `kind`.
-    pub fn stage(&self, kind: &str) -> Option<&Arc<dyn Stage>> {
+    pub fn stage(&self, kind: &str) -> Option<&Arc<dyn DynStage>> {
         self.stages.get(kind)
     }
 

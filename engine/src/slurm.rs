@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use petgraph::graph::NodeIndex;
 
-use crate::execute::{Outcome, RunReport, TaskReport};
+use crate::execute::{Outcome, RunError, RunReport, Selection, TaskReport};
+use crate::invocation::{StageInvocation, shell_quote};
 use crate::plan::{TaskState, Workflow};
 
 /// How to submit.
@@ -22,9 +23,10 @@ use crate::plan::{TaskState, Workflow};
 pub struct SlurmOptions {
     /// The `covflow` binary the jobs run (must be reachable from every node).
     pub covflow: PathBuf,
-    /// Arguments every `covflow stage run` gets after the pipeline file: `--cache`, `--device`,
-    /// `--set` … so that jobs see the same pipeline as the submitter.
-    pub stage_args: Vec<String>,
+    /// The run's `--set` overrides, passed to every job so that it sees the same pipeline.
+    pub overrides: Vec<String>,
+    /// Which tasks (`--until`, `--only`), as in a local run.
+    pub selection: Selection,
     /// `--partition`.
     pub partition: Option<String>,
     /// `--account`.
@@ -48,6 +50,9 @@ pub enum SlurmError {
     /// The cache failed.
     #[error(transparent)]
     Cache(#[from] covflow_cache::CacheError),
+    /// The selection names no stage, or `--only`'s inputs are not cached.
+    #[error(transparent)]
+    Selection(#[from] RunError),
     /// Writing job scripts failed.
     #[error("{path}: {source}")]
     Io {
@@ -69,17 +74,6 @@ pub struct SubmittedJob {
     pub tasks: Vec<NodeIndex>,
     /// Log file pattern (`%a` is the array index).
     pub log: PathBuf,
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 async fn command(program: &str, args: &[String]) -> Result<String, SlurmError> {
@@ -109,7 +103,14 @@ pub async fn run_slurm(
     wf: Arc<Workflow>,
     opts: SlurmOptions,
 ) -> Result<(RunReport, Vec<SubmittedJob>), SlurmError> {
-    let plan = wf.plan(&opts.force)?;
+    let selected = wf.select(&opts.selection)?;
+    // `--only`: its inputs must be cached; the jobs find them there.
+    wf.inputs_from_cache(&opts.selection, &selected)?;
+    let plan: Vec<_> = wf
+        .plan(&opts.force)?
+        .into_iter()
+        .filter(|p| selected[p.node.index()])
+        .collect();
     let g = &wf.graph;
     let to_run: BTreeSet<NodeIndex> = plan
         .iter()
@@ -159,18 +160,16 @@ pub async fn run_slurm(
         let decl = &wf.pipeline.stages[s];
         let tasks = by_stage[&s].clone();
         let fan_out = g.graph[tasks[0]].item.is_some();
-        let base = [
-            "stage".to_string(),
-            "run".to_string(),
-            pipeline_file.to_string_lossy().into_owned(),
-            decl.name.clone(),
-        ];
-        let mut args: Vec<String> = base
-            .iter()
-            .cloned()
-            .chain(opts.stage_args.iter().cloned())
-            .collect();
-        let covflow = shell_quote(&opts.covflow.to_string_lossy());
+        let invocation = StageInvocation {
+            pipeline: pipeline_file.clone(),
+            stage: decl.name.clone(),
+            item: None,
+            cache: wf.store.root().to_path_buf(),
+            device: wf.device,
+            overrides: opts.overrides.clone(),
+            // A forced stage was planned to run; its job must not find it cached.
+            force: opts.force.contains(&decl.name),
+        };
         let mut script = String::from("#!/bin/bash\nset -euo pipefail\n");
         if fan_out {
             let items: Vec<&str> = tasks.iter().filter_map(|&n| g.item_id(n)).collect();
@@ -183,20 +182,10 @@ pub async fn run_slurm(
                 "item=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {})\n",
                 shell_quote(&list.to_string_lossy())
             ));
-            args.push("--item".into());
-            args.push("ITEM".into());
         }
-        let quoted: Vec<String> = args
-            .iter()
-            .map(|a| {
-                if a == "ITEM" {
-                    "\"$item\"".to_string()
-                } else {
-                    shell_quote(a)
-                }
-            })
-            .collect();
-        script.push_str(&format!("exec {covflow} {}\n", quoted.join(" ")));
+        let program = opts.covflow.to_string_lossy();
+        let line = invocation.shell_line(&program, fan_out.then_some("item"));
+        script.push_str(&format!("exec {line}\n"));
         let script_path = dir.join(format!("{}.sh", decl.name));
         std::fs::write(&script_path, &script).map_err(|source| SlurmError::Io {
             path: script_path.clone(),
@@ -310,8 +299,13 @@ pub async fn run_slurm(
     }
 
     // The outcome, read from the cache: a submitted task succeeded iff its artifact is there now.
-    let after = if opts.wait {
-        Some(wf.plan(&BTreeSet::new())?)
+    let after: Option<Vec<_>> = if opts.wait {
+        Some(
+            wf.plan(&BTreeSet::new())?
+                .into_iter()
+                .filter(|p| selected[p.node.index()])
+                .collect(),
+        )
     } else {
         None
     };
@@ -374,17 +368,4 @@ pub async fn run_slurm(
         });
     }
     Ok((report, jobs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shell_quote;
-
-    #[test]
-    fn quoting_keeps_plain_words_and_quotes_the_rest() {
-        assert_eq!(shell_quote("/a/b.yaml"), "/a/b.yaml");
-        assert_eq!(shell_quote("params.x=1"), "params.x=1");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
-    }
 }

@@ -91,8 +91,11 @@ pub struct StageDecl {
     pub name: String,
     /// The stage kind.
     pub uses: String,
-    /// Its parameters.
+    /// Its parameters as written (after `${params.*}` substitution).
     pub with: serde_json::Map<String, Json>,
+    /// Its parameters as the stage kind reads them: every default filled in. What the cache key
+    /// and the manifests hold.
+    pub params: Json,
     /// Upstream stages, in the order the file gives (inputs are passed in this order).
     pub needs: Vec<String>,
     /// The dataset or upstream stage to fan out over.
@@ -325,18 +328,21 @@ impl Pipeline {
             {
                 needs.push(f.clone());
             }
-            let decl = StageDecl {
+            let mut decl = StageDecl {
                 name: name.clone(),
                 uses: rs.uses.clone(),
                 with,
+                params: Json::Null,
                 needs,
                 foreach: rs.foreach.clone(),
                 resources: rs.resources.clone(),
             };
-            stage.check(&decl).map_err(|m| {
-                SpecError::new(here("with"), m)
+            decl.params = stage.load(&decl).map_err(|e| {
+                let mut key: Vec<&str> = vec!["stages", &name];
+                key.extend(e.path.iter().map(String::as_str));
+                SpecError::new(at(path, &source, &key), e.message)
                     .context(ctx.clone())
-                    .help(stage.help())
+                    .help(stage.params_help())
             })?;
             stages.push(decl);
         }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value as Json;
 
+use crate::params::ParamError;
 use crate::spec::StageDecl;
 
 /// The error a stage returns; its log carries the details.
@@ -49,6 +50,58 @@ pub fn valid_item_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The compute device of a run, chosen once (`--device`) and recorded in every manifest; the
+/// part of the cache key of stage kinds whose results depend on it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The CPU: kernels' plain references and burn's NdArray backend.
+    #[default]
+    Cpu,
+    /// A GPU through wgpu (Vulkan, Metal, DX12; Mesa's lavapipe on a CPU).
+    Wgpu,
+    /// An NVIDIA GPU through CUDA.
+    Cuda,
+}
+
+impl Device {
+    /// Every device, in the order the command line lists them.
+    pub const ALL: [Device; 3] = [Device::Cpu, Device::Wgpu, Device::Cuda];
+
+    /// The lowercase name used on the command line, in keys and in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Wgpu => "wgpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// ```
+    /// use covflow_engine::Device;
+    /// assert_eq!("wgpu".parse::<Device>(), Ok(Device::Wgpu));
+    /// assert!("tpu".parse::<Device>().unwrap_err().contains("cpu, wgpu, cuda"));
+    /// ```
+    fn from_str(s: &str) -> Result<Self, String> {
+        Device::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| format!("unknown device `{s}`: expected one of cpu, wgpu, cuda"))
+    }
 }
 
 /// One upstream artifact a task reads.
@@ -123,16 +176,14 @@ pub struct TaskContext<'a> {
     pub stage: &'a str,
     /// The item, for fan-out tasks.
     pub item: Option<&'a Item>,
-    /// The stage's parameters.
-    pub params: &'a serde_json::Map<String, Json>,
     /// Upstream artifacts, in `needs` order, then item order.
     pub inputs: &'a [Input],
     /// Where to write the output (empty at start; published atomically when the task succeeds).
     pub out_dir: &'a Path,
     /// A work directory that survives a killed task (checkpoints), keyed by the task's key.
     pub work_dir: &'a Path,
-    /// The device of the run (`cpu`, `wgpu`, `cuda`).
-    pub device: &'a str,
+    /// The device of the run.
+    pub device: Device,
     /// The task's log.
     pub log: &'a TaskLog,
     /// Cancellation.
@@ -148,21 +199,68 @@ impl TaskContext<'_> {
 
 /// A stage kind. Implementations live in the `covflow-stages` crate (one module each); the
 /// binary registers them, so the engine never depends on them.
-pub trait Stage: Send + Sync {
+///
+/// `Params` is the whole vocabulary of the kind's `with:` mapping: a struct deriving
+/// `Deserialize` (with `deny_unknown_fields`, and `default` where every field has one),
+/// `Serialize` and `schemars::JsonSchema`, a doc comment on each field. The engine deserializes
+/// it (errors point at the field's line), calls [`Stage::check`], and keys the cache on the value
+/// serialized back with its defaults filled in; `covflow stage kinds` shows its documentation.
+///
+/// ```
+/// use covflow_engine::{ParamError, Registry, Stage, StageDecl, StageError, TaskContext};
+///
+/// /// The `with:` of `greet`.
+/// #[derive(Default, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+/// #[serde(default, deny_unknown_fields)]
+/// struct GreetParams {
+///     /// Times to write the greeting (1 to 10).
+///     times: u32,
+/// }
+///
+/// struct Greet;
+///
+/// impl Stage for Greet {
+///     type Params = GreetParams;
+///     fn kind(&self) -> &'static str { "greet" }
+///     fn version(&self) -> u32 { 1 }
+///     fn about(&self) -> &'static str { "Writes hello.txt." }
+///     fn check(&self, p: &GreetParams, _: &StageDecl) -> Result<(), ParamError> {
+///         if !(1..=10).contains(&p.times) {
+///             return Err(ParamError::field("times", format!("must be 1 to 10, not {}", p.times)));
+///         }
+///         Ok(())
+///     }
+///     fn run(&self, p: &GreetParams, ctx: &TaskContext) -> Result<(), StageError> {
+///         std::fs::write(ctx.out_dir.join("hello.txt"), "hello\n".repeat(p.times as usize))?;
+///         Ok(())
+///     }
+/// }
+///
+/// let mut registry = Registry::with_builtins();
+/// registry.add_stage(Greet);
+/// assert!(registry.stage("greet").unwrap().params_help().contains("times (integer ≥ 0, default 0)"));
+/// ```
+pub trait Stage: Send + Sync + 'static {
+    /// The kind's parameters (the `with:` mapping), one typed value.
+    type Params: serde::de::DeserializeOwned + serde::Serialize + schemars::JsonSchema;
     /// The name used in `uses:`.
     fn kind(&self) -> &'static str;
     /// Bumped whenever the outputs for the same inputs would change: part of every cache key.
     fn version(&self) -> u32;
-    /// One line on what `with:` takes, shown with errors.
-    fn help(&self) -> String;
-    /// Validates the declaration at load time, before anything runs.
-    fn check(&self, decl: &StageDecl) -> Result<(), String>;
+    /// What the kind does, what it reads and writes (shown by `covflow stage kinds`).
+    fn about(&self) -> &'static str;
+    /// Range and cross-field rules, and what the kind needs of `needs`/`foreach`; at load time,
+    /// before anything runs.
+    fn check(&self, params: &Self::Params, decl: &StageDecl) -> Result<(), ParamError> {
+        let _ = (params, decl);
+        Ok(())
+    }
     /// Whether results depend on the device (then the device is part of the cache key).
     fn device_dependent(&self) -> bool {
         false
     }
     /// Runs one task.
-    fn run(&self, ctx: &TaskContext) -> Result<(), StageError>;
+    fn run(&self, params: &Self::Params, ctx: &TaskContext) -> Result<(), StageError>;
 }
 
 /// A dataset source kind (the key under a dataset's name: `list`, `glob`, `phantom`, ...).

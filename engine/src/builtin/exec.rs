@@ -12,11 +12,34 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use crate::params::ParamError;
 use crate::spec::StageDecl;
 use crate::stage::{Stage, StageError, TaskContext};
 
 /// The `exec` stage kind.
 pub struct ExecStage;
+
+/// The `with:` of an `exec` stage.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    /// The command. Placeholders: `{out}` (write results there), `{work}` (survives a killed
+    /// task), `{item}`, `{item.ATTR}`, `{in.STAGE}` (an upstream artifact folder; all of them
+    /// for a gathered fan-out), `{inlist.STAGE}` (a file listing them); `{{`/`}}` are braces.
+    pub run: String,
+    /// The shell that runs the command as `SHELL -c COMMAND`, in the pipeline file's folder.
+    #[serde(default = "default_shell")]
+    pub shell: String,
+    /// Environment variables for the command: names to strings, numbers or booleans.
+    #[serde(default)]
+    pub env: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_shell() -> String {
+    "bash".into()
+}
 
 #[derive(Debug)]
 enum Piece {
@@ -125,53 +148,49 @@ fn path_suffix_len(t: &str) -> usize {
 }
 
 impl Stage for ExecStage {
+    type Params = ExecParams;
+
     fn kind(&self) -> &'static str {
         "exec"
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: keyed on the typed parameters (shell and env defaults filled in).
+        2
     }
 
-    fn help(&self) -> String {
-        "exec takes `run: \"COMMAND\"` (placeholders {out}, {work}, {item}, {item.ATTR}, {in.STAGE}), optional `shell: bash` and `env: {NAME: value}`".into()
+    fn about(&self) -> &'static str {
+        "Runs a shell command, like DVC's `cmd` or a Snakemake `shell`; what it writes into \
+         `{out}` is the artifact."
     }
 
-    fn check(&self, decl: &StageDecl) -> Result<(), String> {
-        for k in decl.with.keys() {
-            if !["run", "shell", "env"].contains(&k.as_str()) {
-                return Err(format!("unknown parameter `{k}` for exec"));
+    fn check(&self, params: &ExecParams, decl: &StageDecl) -> Result<(), ParamError> {
+        if params.shell.is_empty() {
+            return Err(ParamError::field("shell", "must name a shell, e.g. `bash`"));
+        }
+        for (name, v) in &params.env {
+            if !(v.is_string() || v.is_number() || v.is_boolean()) {
+                return Err(ParamError::field(
+                    "env",
+                    format!("`{name}` must be a string, number or boolean, not {v}"),
+                ));
             }
         }
-        let run = decl
-            .with
-            .get("run")
-            .ok_or("exec needs `run`")?
-            .as_str()
-            .ok_or("`run` must be a string")?;
-        if let Some(s) = decl.with.get("shell")
-            && !s.is_string()
-        {
-            return Err("`shell` must be a string".into());
-        }
-        if let Some(env) = decl.with.get("env") {
-            let ok = env.as_object().is_some_and(|o| {
-                o.values()
-                    .all(|v| v.is_string() || v.is_number() || v.is_boolean())
-            });
-            if !ok {
-                return Err("`env` must map names to strings".into());
-            }
-        }
-        for p in parse(run)? {
+        for p in parse(&params.run).map_err(|m| ParamError::field("run", m))? {
             match p {
                 Piece::In(s) | Piece::InList(s) if !decl.needs.contains(&s) => {
-                    return Err(format!(
-                        "`{{in.{s}}}`/`{{inlist.{s}}}` refers to `{s}`, which this stage does not need (add it to `needs`)"
+                    return Err(ParamError::field(
+                        "run",
+                        format!(
+                            "`{{in.{s}}}`/`{{inlist.{s}}}` refers to `{s}`, which this stage does not need (add it to `needs`)"
+                        ),
                     ));
                 }
                 Piece::Item | Piece::ItemAttr(_) if decl.foreach.is_none() => {
-                    return Err("`{item}` is only defined for stages with `foreach`".into());
+                    return Err(ParamError::field(
+                        "run",
+                        "`{item}` is only defined for stages with `foreach`",
+                    ));
                 }
                 _ => {}
             }
@@ -179,10 +198,9 @@ impl Stage for ExecStage {
         Ok(())
     }
 
-    fn run(&self, ctx: &TaskContext) -> Result<(), StageError> {
-        let template = ctx.params["run"].as_str().unwrap_or_default();
+    fn run(&self, params: &ExecParams, ctx: &TaskContext) -> Result<(), StageError> {
         let mut cmd = String::new();
-        let pieces = parse(template)?;
+        let pieces = parse(&params.run)?;
         let mut carry: Option<String> = None;
         for (i, p) in pieces.iter().enumerate() {
             match p {
@@ -228,11 +246,7 @@ impl Stage for ExecStage {
                 }
             }
         }
-        let shell = ctx
-            .params
-            .get("shell")
-            .and_then(|s| s.as_str())
-            .unwrap_or("bash");
+        let shell = &params.shell;
         ctx.log.line(format!("$ {cmd}"));
         let mut command = Command::new(shell);
         command
@@ -247,14 +261,9 @@ impl Stage for ExecStage {
         if let Some(item) = ctx.item {
             command.env("COVFLOW_ITEM", &item.id);
         }
-        if let Some(env) = ctx.params.get("env").and_then(|e| e.as_object()) {
-            for (k, v) in env {
-                let v = v
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string());
-                command.env(k, v);
-            }
+        for (k, v) in &params.env {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            command.env(k, v);
         }
         // Its own process group, so cancelling kills the whole command, not just the shell.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);

@@ -4,4 +4,4 @@ mod datasets;
 mod exec;
 
 pub use datasets::{CountSource, GlobSource, ListSource};
-pub use exec::ExecStage;
+pub use exec::{ExecParams, ExecStage};

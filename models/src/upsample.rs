@@ -10,13 +10,13 @@
 
 use burn::tensor::{Tensor, TensorData, TensorPrimitive, backend::Backend};
 
-use super::backend::ModelBackend;
+use crate::backend::ModelBackend;
 
 /// The `out × n` matrix that maps `n` samples to `out` samples by linear interpolation with
 /// `align_corners = true` (row-major).
 ///
 /// ```
-/// let a = covflow_stages::models::interpolation_matrix(2, 4);
+/// let a = covflow_models::interpolation_matrix(2, 4);
 /// // Ends map to ends; inner rows mix the two neighbours.
 /// assert_eq!(&a[0..2], &[1.0, 0.0]);
 /// assert_eq!(&a[6..8], &[0.0, 1.0]);

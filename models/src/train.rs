@@ -8,10 +8,10 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, Tensor};
 
-use super::losses::{contrastive, mse, sensitivity_bce};
-use super::transunet::{TransUNet, TransUNetConfig};
+use crate::losses::{contrastive, mse, sensitivity_bce};
+use crate::transunet::{TransUNet, TransUNetConfig};
 
-/// Loss weights and constants (SPEC.md stage 7).
+/// Loss weights and constants (docs/method.md, stage 7).
 #[derive(Clone, Debug)]
 pub struct LossConfig {
     /// Contrastive temperature τ.
@@ -34,14 +34,14 @@ impl Default for LossConfig {
 
 /// The TransUNet with the projection head the contrastive loss reads (bottleneck → 128).
 #[derive(Module, Debug)]
-pub struct SegmentationLearner<B: crate::models::ModelBackend> {
+pub struct SegmentationLearner<B: crate::ModelBackend> {
     /// The segmentation network.
     pub net: TransUNet<B>,
     /// Projection of the pooled bottleneck features.
     pub projection: Linear<B>,
 }
 
-impl<B: crate::models::ModelBackend> SegmentationLearner<B> {
+impl<B: crate::ModelBackend> SegmentationLearner<B> {
     /// A fresh learner.
     pub fn new(config: &TransUNetConfig, device: &B::Device) -> Self {
         Self {
@@ -98,14 +98,14 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn wait<B: crate::models::ModelBackend>(device: &B::Device) {
+fn wait<B: crate::ModelBackend>(device: &B::Device) {
     // A failure to sync shows up again at the next read; timing only needs the barrier.
     let _ = B::sync(device);
 }
 
 /// Trains `steps` Adam steps on random slices (fixed seed) and times them; every step ends with
 /// a device sync so that the time is the device's, not the launch queue's.
-pub fn bench_training<B: AutodiffBackend + crate::models::ModelBackend>(
+pub fn bench_training<B: AutodiffBackend + crate::ModelBackend>(
     config: &TransUNetConfig,
     device: &B::Device,
     batch: usize,
@@ -113,11 +113,11 @@ pub fn bench_training<B: AutodiffBackend + crate::models::ModelBackend>(
     mut progress: impl FnMut(&str),
 ) -> TrainingBench
 where
-    B::InnerBackend: crate::models::ModelBackend,
+    B::InnerBackend: crate::ModelBackend,
 {
     B::seed(device, 7);
     let mut learner = SegmentationLearner::<B>::new(config, device);
-    let params = super::transunet::trainable_params(&learner.net);
+    let params = crate::transunet::trainable_params(&learner.net);
     let mut optim = AdamConfig::new().init();
     let dim = config.img_dim;
     let slices = Tensor::<B, 4>::random(

@@ -15,7 +15,7 @@ use burn::nn::conv::Conv2dConfig;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Slice, Tensor, backend::Backend};
 
-use super::ModelBackend;
+use crate::ModelBackend;
 
 /// How a [`ConvLayer`] computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -27,7 +27,7 @@ pub enum ConvImpl {
     #[default]
     Im2col,
     /// burn-cubecl's implicit GEMM, forward and backward, without autotune
-    /// ([`super::conv2d_implicit_gemm`]; burn's default convolution where it is unavailable).
+    /// ([`crate::conv2d_implicit_gemm`]; burn's default convolution where it is unavailable).
     #[serde(rename = "implicit-gemm")]
     ImplicitGemm,
 }
@@ -86,7 +86,7 @@ impl<B: ModelBackend> ConvLayer<B> {
         match self.imp {
             ConvImpl::Im2col => conv2d_im2col(x, w, b, self.stride, self.padding),
             ConvImpl::Native => burn::tensor::module::conv2d(x, w, b, options()),
-            ConvImpl::ImplicitGemm => super::conv2d_implicit_gemm(x, w, b, options()),
+            ConvImpl::ImplicitGemm => crate::conv2d_implicit_gemm(x, w, b, options()),
         }
     }
 }

@@ -15,9 +15,9 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, relu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 
-use super::backend::ModelBackend;
-use super::conv::{ConvImpl, ConvLayer};
-use super::upsample::upsample2x_bilinear;
+use crate::backend::ModelBackend;
+use crate::conv::{ConvImpl, ConvLayer};
+use crate::upsample::upsample2x_bilinear;
 
 /// The seed configuration: `img_dim=128, in_channels=1, out_channels=128, head_num=4,
 /// mlp_dim=512, block_num=8, patch_dim=16, class_num=1` (66 870 129 trainable parameters).

@@ -1,4 +1,4 @@
-//! The three losses of the pseudo-mask training (SPEC.md, stage 7).
+//! The three losses of the pseudo-mask training (docs/method.md, stage 7).
 
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Tensor, TensorData, backend::Backend};

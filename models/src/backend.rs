@@ -25,7 +25,7 @@ use burn_cubecl::kernel::conv::{
 };
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement, tensor::CubeTensor};
 
-use super::upsample::{upsample2x_backward_matrix, upsample2x_matrix};
+use crate::upsample::{upsample2x_backward_matrix, upsample2x_matrix};
 
 /// The operations covflow's models take from a backend; see the module documentation.
 pub trait ModelBackend: Backend {

@@ -201,7 +201,7 @@ impl Volume {
     /// voxel `lo`, so every kept voxel stays where it was in the patient.
     ///
     /// ```
-    /// use covflow_stages::volume::Volume;
+    /// use covflow_imaging::Volume;
     /// let v = Volume::new(ndarray::Array3::from_elem((4, 5, 6), 1.0), [0.5, 0.5, 2.0]);
     /// let c = v.crop([1, 2, 3], [2, 4, 3]);
     /// assert_eq!(c.data.dim(), (2, 3, 1));
@@ -221,6 +221,19 @@ impl Volume {
             data,
             spacing: self.spacing,
             affine,
+        }
+    }
+
+    /// Other voxels on this volume's grid (a mask of this CT, say): same spacing and affine.
+    ///
+    /// # Panics
+    /// When `data`'s shape is not this volume's.
+    pub fn with_data(&self, data: Array3<f32>) -> Volume {
+        assert_eq!(data.dim(), self.data.dim(), "with_data keeps the grid");
+        Volume {
+            data,
+            spacing: self.spacing,
+            affine: self.affine,
         }
     }
 

@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
-use super::{ConvImpl, ModelBackend, conv2d_im2col, conv2d_implicit_gemm};
+use crate::{ConvImpl, ModelBackend, conv2d_im2col, conv2d_implicit_gemm};
 
 /// One convolution shape: batch, in/out channels, square size, kernel, stride, padding.
 #[derive(Clone, Copy, Debug, serde::Serialize)]

@@ -1,4 +1,7 @@
-//! The networks covflow trains, generic over the burn backend.
+//! The networks covflow trains, generic over the burn backend: the TransUNet with its layers
+//! (convolution, ×2 upsampling on our kernels) and losses, the backend extension
+//! ([`ModelBackend`]) that registers our kernels as burn autodiff ops, and the training loops.
+//! No engine here: stages call into this crate.
 
 mod backend;
 mod conv;
@@ -17,3 +20,5 @@ pub use transunet::{TransUNet, TransUNetConfig, TransUNetOutput, trainable_param
 pub use upsample::{
     interpolation_matrix, upsample2x_backward_matrix, upsample2x_bilinear, upsample2x_matrix,
 };
+
+pub mod bench;
