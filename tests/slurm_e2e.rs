@@ -139,3 +139,35 @@ stages:
     );
     assert!(stderr(&out).contains("bad input here"), "{}", stderr(&out));
 }
+
+#[test]
+fn until_and_only_select_jobs_as_a_local_run_does() {
+    if !slurm_available() {
+        return;
+    }
+    let s = Scratch::new();
+    s.write("p.yaml", PIPELINE);
+    // `--only` before its inputs exist: refused, naming them, before anything is submitted.
+    let out = s.run(&["run", "p.yaml", "--executor", "slurm", "--only", "shift"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("make[case_0]"), "{}", stderr(&out));
+
+    // `--until make`: the preprocessing alone, one array of 5 jobs.
+    let run = s.json(&["run", "p.yaml", "--executor", "slurm", "--until", "make"]);
+    assert_eq!(run["executed"], 5, "{run}");
+    assert!(states(&run).iter().all(|t| t.0 == "make"), "{run}");
+    // `--only shift` now finds its inputs cached and submits only its own tasks.
+    let run = s.json(&["run", "p.yaml", "--executor", "slurm", "--only", "shift"]);
+    assert_eq!(run["executed"], 5, "{run}");
+    assert!(states(&run).iter().all(|t| t.0 == "shift"), "{run}");
+    let plan = s.json(&["plan", "p.yaml"]);
+    assert_eq!(
+        states(&plan)
+            .iter()
+            .filter(|t| t.2 == "run")
+            .map(|t| t.0.as_str())
+            .collect::<Vec<_>>(),
+        ["gather"],
+        "{plan}"
+    );
+}

@@ -7,7 +7,7 @@
 //! and after the jobs are gone it reads the outcome from the cache itself.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,8 +97,221 @@ async fn command(program: &str, args: &[String]) -> Result<String, SlurmError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Submits every task that is not cached and (with `wait`) waits for them. Ctrl-C cancels the
-/// submitted jobs.
+/// A job's files: its script, and its log pattern (`%a` is the array index).
+fn job_files(dir: &Path, stage: &str, fan_out: bool) -> (PathBuf, PathBuf) {
+    let log = if fan_out {
+        format!("{stage}-%a.log")
+    } else {
+        format!("{stage}.log")
+    };
+    (dir.join(format!("{stage}.sh")), dir.join(log))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), SlurmError> {
+    std::fs::write(path, text).map_err(|source| SlurmError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes the job script of `tasks` (all of stage `s`): one `covflow stage run`, reading its
+/// item from the item list by array index when the stage fans out.
+fn write_script(
+    wf: &Workflow,
+    opts: &SlurmOptions,
+    dir: &Path,
+    s: usize,
+    tasks: &[NodeIndex],
+) -> Result<PathBuf, SlurmError> {
+    let g = &wf.graph;
+    let decl = &wf.pipeline.stages[s];
+    let fan_out = g.graph[tasks[0]].item.is_some();
+    let invocation = StageInvocation {
+        pipeline: std::fs::canonicalize(&wf.pipeline.path).unwrap_or(wf.pipeline.path.clone()),
+        stage: decl.name.clone(),
+        item: None,
+        cache: wf.store.root().to_path_buf(),
+        device: wf.device,
+        overrides: opts.overrides.clone(),
+        // A forced stage was planned to run; its job must not find it cached.
+        force: opts.force.contains(&decl.name),
+    };
+    let mut script = String::from("#!/bin/bash\nset -euo pipefail\n");
+    if fan_out {
+        let items: Vec<&str> = tasks.iter().filter_map(|&n| g.item_id(n)).collect();
+        let list = dir.join(format!("{}.items", decl.name));
+        write(&list, &(items.join("\n") + "\n"))?;
+        script.push_str(&format!(
+            "item=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {})\n",
+            shell_quote(&list.to_string_lossy())
+        ));
+    }
+    let program = opts.covflow.to_string_lossy();
+    let line = invocation.shell_line(&program, fan_out.then_some("item"));
+    script.push_str(&format!("exec {line}\n"));
+    let (path, _) = job_files(dir, &decl.name, fan_out);
+    write(&path, &script)?;
+    Ok(path)
+}
+
+/// `sbatch`'s arguments for stage `s`'s job: resources, array, dependencies, the user's own.
+fn sbatch_args(
+    wf: &Workflow,
+    opts: &SlurmOptions,
+    s: usize,
+    tasks: usize,
+    fan_out: bool,
+    (script, log): (&Path, &Path),
+    depends_on: &[String],
+) -> Vec<String> {
+    let decl = &wf.pipeline.stages[s];
+    let res = &decl.resources;
+    let mut sb = vec![
+        "--parsable".to_string(),
+        format!("--job-name=covflow/{}/{}", wf.pipeline.name, decl.name),
+        format!("--output={}", log.display()),
+        format!("--cpus-per-task={}", res.cpus.max(1)),
+    ];
+    if fan_out {
+        sb.push(format!("--array=0-{}", tasks - 1));
+    }
+    if let Some(m) = res.mem_gb {
+        sb.push(format!("--mem={}M", (m * 1024.0).ceil() as u64));
+    }
+    if let Some(t) = res.time_min {
+        sb.push(format!("--time={t}"));
+    }
+    if res.gpu > 0 {
+        sb.push(format!("--gres=gpu:{}", res.gpu));
+    }
+    if let Some(p) = &opts.partition {
+        sb.push(format!("--partition={p}"));
+    }
+    if let Some(a) = &opts.account {
+        sb.push(format!("--account={a}"));
+    }
+    if !depends_on.is_empty() {
+        sb.push(format!("--dependency=afterok:{}", depends_on.join(":")));
+        // A failed upstream cancels its dependents instead of leaving them pending forever.
+        sb.push("--kill-on-invalid-dep=yes".into());
+    }
+    sb.extend(opts.sbatch_args.iter().cloned());
+    sb.push(script.to_string_lossy().into_owned());
+    sb
+}
+
+async fn cancel_all(jobs: &[SubmittedJob]) {
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    if !ids.is_empty() {
+        let _ = command("scancel", &ids).await;
+    }
+}
+
+/// Submits one job per stage of `to_run`, in dependency order; a stage's job depends on the jobs
+/// of the stages it needs. A failed submission cancels what was submitted before it.
+async fn submit(
+    wf: &Workflow,
+    opts: &SlurmOptions,
+    dir: &Path,
+    to_run: &BTreeSet<NodeIndex>,
+) -> Result<Vec<SubmittedJob>, SlurmError> {
+    let g = &wf.graph;
+    let mut by_stage: BTreeMap<usize, Vec<NodeIndex>> = BTreeMap::new();
+    let mut stage_order = Vec::new();
+    for &n in g.order.iter().filter(|n| to_run.contains(n)) {
+        let s = g.graph[n].stage;
+        if !by_stage.contains_key(&s) {
+            stage_order.push(s);
+        }
+        by_stage.entry(s).or_default().push(n);
+    }
+    let mut jobs: Vec<SubmittedJob> = Vec::new();
+    let mut job_of_stage: BTreeMap<&str, String> = BTreeMap::new();
+    for s in stage_order {
+        let decl = &wf.pipeline.stages[s];
+        let tasks = by_stage.remove(&s).expect("listed above");
+        let fan_out = g.graph[tasks[0]].item.is_some();
+        let submitted = async {
+            let script = write_script(wf, opts, dir, s, &tasks)?;
+            let (_, log) = job_files(dir, &decl.name, fan_out);
+            let deps: Vec<String> = decl
+                .needs
+                .iter()
+                .filter_map(|n| job_of_stage.get(n.as_str()).cloned())
+                .collect();
+            let args = sbatch_args(wf, opts, s, tasks.len(), fan_out, (&script, &log), &deps);
+            let out = command("sbatch", &args).await?;
+            Ok::<_, SlurmError>((out.trim().split(';').next().unwrap_or("").to_string(), log))
+        };
+        let (id, log) = match submitted.await {
+            Ok(v) => v,
+            Err(e) => {
+                cancel_all(&jobs).await;
+                return Err(e);
+            }
+        };
+        tracing::info!(stage = %decl.name, job = %id, tasks = tasks.len(), "submitted");
+        job_of_stage.insert(&decl.name, id.clone());
+        jobs.push(SubmittedJob {
+            id,
+            stage: decl.name.clone(),
+            tasks,
+            log,
+        });
+    }
+    Ok(jobs)
+}
+
+/// Polls `squeue` until every job has left it; Ctrl-C cancels them. Returns whether it was
+/// cancelled.
+async fn wait_for(jobs: &[SubmittedJob], poll: Duration) -> bool {
+    let mut cancelled = false;
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    loop {
+        let out = command(
+            "squeue",
+            &[
+                "-h".into(),
+                "-o".into(),
+                "%i %T".into(),
+                "-j".into(),
+                ids.join(","),
+            ],
+        )
+        .await;
+        // squeue errors once every job has left its memory ("Invalid job id").
+        let active = match out {
+            Ok(s) => s
+                .lines()
+                .filter(|l| {
+                    let st = l.split_whitespace().nth(1).unwrap_or("");
+                    matches!(
+                        st,
+                        "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED"
+                    )
+                })
+                .count(),
+            Err(_) => 0,
+        };
+        if active == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = &mut ctrl_c => {
+                tracing::warn!("interrupted: cancelling the submitted jobs");
+                cancel_all(jobs).await;
+                cancelled = true;
+                break;
+            }
+        }
+    }
+    cancelled
+}
+
+/// Submits every selected task that is not cached and (with `wait`) waits for them. Ctrl-C
+/// cancels the submitted jobs.
 pub async fn run_slurm(
     wf: Arc<Workflow>,
     opts: SlurmOptions,
@@ -111,7 +324,6 @@ pub async fn run_slurm(
         .into_iter()
         .filter(|p| selected[p.node.index()])
         .collect();
-    let g = &wf.graph;
     let to_run: BTreeSet<NodeIndex> = plan
         .iter()
         .filter(|p| matches!(p.state, TaskState::Run(_)))
@@ -131,172 +343,10 @@ pub async fn run_slurm(
         path: dir.clone(),
         source,
     })?;
+    let jobs = submit(&wf, &opts, &dir, &to_run).await?;
+    let g = &wf.graph;
 
-    // One job per stage, in dependency order; a stage depends on the jobs of the stages it needs.
-    let mut by_stage: BTreeMap<usize, Vec<NodeIndex>> = BTreeMap::new();
-    let mut stage_order = Vec::new();
-    for &n in &g.order {
-        if to_run.contains(&n) {
-            let s = g.graph[n].stage;
-            if !by_stage.contains_key(&s) {
-                stage_order.push(s);
-            }
-            by_stage.entry(s).or_default().push(n);
-        }
-    }
-    let mut jobs: Vec<SubmittedJob> = Vec::new();
-    let mut job_of_stage: BTreeMap<usize, String> = BTreeMap::new();
-    let pipeline_file =
-        std::fs::canonicalize(&wf.pipeline.path).unwrap_or(wf.pipeline.path.clone());
-    let cancel_all = |jobs: &[SubmittedJob]| {
-        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-        async move {
-            if !ids.is_empty() {
-                let _ = command("scancel", &ids).await;
-            }
-        }
-    };
-    for s in stage_order {
-        let decl = &wf.pipeline.stages[s];
-        let tasks = by_stage[&s].clone();
-        let fan_out = g.graph[tasks[0]].item.is_some();
-        let invocation = StageInvocation {
-            pipeline: pipeline_file.clone(),
-            stage: decl.name.clone(),
-            item: None,
-            cache: wf.store.root().to_path_buf(),
-            device: wf.device,
-            overrides: opts.overrides.clone(),
-            // A forced stage was planned to run; its job must not find it cached.
-            force: opts.force.contains(&decl.name),
-        };
-        let mut script = String::from("#!/bin/bash\nset -euo pipefail\n");
-        if fan_out {
-            let items: Vec<&str> = tasks.iter().filter_map(|&n| g.item_id(n)).collect();
-            let list = dir.join(format!("{}.items", decl.name));
-            std::fs::write(&list, items.join("\n") + "\n").map_err(|source| SlurmError::Io {
-                path: list.clone(),
-                source,
-            })?;
-            script.push_str(&format!(
-                "item=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {})\n",
-                shell_quote(&list.to_string_lossy())
-            ));
-        }
-        let program = opts.covflow.to_string_lossy();
-        let line = invocation.shell_line(&program, fan_out.then_some("item"));
-        script.push_str(&format!("exec {line}\n"));
-        let script_path = dir.join(format!("{}.sh", decl.name));
-        std::fs::write(&script_path, &script).map_err(|source| SlurmError::Io {
-            path: script_path.clone(),
-            source,
-        })?;
-
-        let log = dir.join(if fan_out {
-            format!("{}-%a.log", decl.name)
-        } else {
-            format!("{}.log", decl.name)
-        });
-        let mut sb = vec![
-            "--parsable".to_string(),
-            format!("--job-name=covflow/{}/{}", wf.pipeline.name, decl.name),
-            format!("--output={}", log.display()),
-            format!("--cpus-per-task={}", decl.resources.cpus.max(1)),
-        ];
-        if fan_out {
-            sb.push(format!("--array=0-{}", tasks.len() - 1));
-        }
-        if let Some(m) = decl.resources.mem_gb {
-            sb.push(format!("--mem={}M", (m * 1024.0).ceil() as u64));
-        }
-        if let Some(t) = decl.resources.time_min {
-            sb.push(format!("--time={t}"));
-        }
-        if decl.resources.gpu > 0 {
-            sb.push(format!("--gres=gpu:{}", decl.resources.gpu));
-        }
-        if let Some(p) = &opts.partition {
-            sb.push(format!("--partition={p}"));
-        }
-        if let Some(a) = &opts.account {
-            sb.push(format!("--account={a}"));
-        }
-        let deps: Vec<String> = decl
-            .needs
-            .iter()
-            .filter_map(|n| {
-                let i = wf.pipeline.stages.iter().position(|x| &x.name == n)?;
-                job_of_stage.get(&i).cloned()
-            })
-            .collect();
-        if !deps.is_empty() {
-            sb.push(format!("--dependency=afterok:{}", deps.join(":")));
-            // A failed upstream cancels its dependents instead of leaving them pending forever.
-            sb.push("--kill-on-invalid-dep=yes".into());
-        }
-        sb.extend(opts.sbatch_args.iter().cloned());
-        sb.push(script_path.to_string_lossy().into_owned());
-        let id = match command("sbatch", &sb).await {
-            Ok(out) => out.trim().split(';').next().unwrap_or("").to_string(),
-            Err(e) => {
-                cancel_all(&jobs).await;
-                return Err(e);
-            }
-        };
-        tracing::info!(stage = %decl.name, job = %id, tasks = tasks.len(), "submitted");
-        job_of_stage.insert(s, id.clone());
-        jobs.push(SubmittedJob {
-            id,
-            stage: decl.name.clone(),
-            tasks,
-            log,
-        });
-    }
-
-    let mut cancelled = false;
-    if opts.wait && !jobs.is_empty() {
-        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-        let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
-        loop {
-            let out = command(
-                "squeue",
-                &[
-                    "-h".into(),
-                    "-o".into(),
-                    "%i %T".into(),
-                    "-j".into(),
-                    ids.join(","),
-                ],
-            )
-            .await;
-            // squeue errors once every job has left its memory ("Invalid job id").
-            let active = match out {
-                Ok(s) => s
-                    .lines()
-                    .filter(|l| {
-                        let st = l.split_whitespace().nth(1).unwrap_or("");
-                        matches!(
-                            st,
-                            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED"
-                        )
-                    })
-                    .count(),
-                Err(_) => 0,
-            };
-            if active == 0 {
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(opts.poll) => {}
-                _ = &mut ctrl_c => {
-                    tracing::warn!("interrupted: cancelling the submitted jobs");
-                    cancel_all(&jobs).await;
-                    cancelled = true;
-                    break;
-                }
-            }
-        }
-    }
+    let cancelled = opts.wait && !jobs.is_empty() && wait_for(&jobs, opts.poll).await;
 
     // The outcome, read from the cache: a submitted task succeeded iff its artifact is there now.
     let after: Option<Vec<_>> = if opts.wait {
