@@ -176,6 +176,39 @@ fn run_stage(
     })
 }
 
+/// Keeps a failed task's whole log and error as `failure.json` in its work directory (which a
+/// later success clears): a failure's record, as a manifest is a success's. The log says where.
+fn record_failure(
+    work: &std::path::Path,
+    wf: &Workflow,
+    n: NodeIndex,
+    key: &CacheKey,
+    error: &str,
+    attempts: u32,
+    log: &TaskLog,
+) {
+    let path = work.join("failure.json");
+    let record = json!({
+        "pipeline": wf.pipeline.name,
+        "stage": wf.graph.stage_name(n),
+        "item": wf.graph.item_id(n),
+        "key": key,
+        "error": error,
+        "attempts": attempts,
+        "device": wf.device,
+        "covflow_version": env!("CARGO_PKG_VERSION"),
+        "finished_unix": unix_now(),
+        "log": log.contents(),
+    });
+    let text = serde_json::to_string_pretty(&record).expect("plain JSON");
+    if std::fs::write(&path, text).is_ok() {
+        log.line(format!(
+            "# covflow: the whole log and the error are in {}",
+            path.display()
+        ));
+    }
+}
+
 /// Runs one task whose inputs are finished, under the lock of its key: if another process made
 /// the artifact meanwhile it is `Cached`, else the stage runs into a staging directory that is
 /// published atomically. Blocking.
@@ -261,6 +294,7 @@ pub fn run_task(
                 store.discard(staging);
                 log.line(format!("# covflow: attempt {attempt} failed: {e}"));
                 if cancel.is_cancelled() || attempt > retries {
+                    record_failure(&work, wf, n, &key, &e.to_string(), attempt, &log);
                     return Err(fail(e.to_string(), &log));
                 }
             }

@@ -131,6 +131,23 @@ fn a_panicking_task_fails_alone_and_says_why() {
             .contains("working on bad")
     );
 
+    // The failure's record: the whole log and the error, beside the task's checkpoints.
+    let record = log
+        .lines()
+        .find_map(|l| l.strip_prefix("# covflow: the whole log and the error are in "))
+        .expect("the log says where the record is");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    assert_eq!(record["stage"], "work");
+    assert_eq!(record["item"], "bad");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("index out of bounds")
+    );
+    assert!(record["log"].as_str().unwrap().contains("working on bad"));
+
     // A second run keeps what succeeded and fails the same task again.
     let again = run(wf, true);
     assert_eq!(again.count(Outcome::Executed), 0);
