@@ -102,3 +102,26 @@ fn missing_file_and_bad_set() {
         stderr(&out)
     );
 }
+
+#[test]
+fn dataset_fields_are_typed_and_located() {
+    let err = error_of(
+        "name: d\ndatasets:\n  studies:\n    phantom:\n      count: 2\n      sise: mosmed\nstages:\n  s: {uses: phantom, foreach: studies}\n",
+    );
+    assert!(err.contains("p.yaml:6:7: dataset `studies`"), "{err}");
+    assert!(
+        err.contains("unknown field `sise`, expected one of `count`, `seed`, `size`"),
+        "{err}"
+    );
+    let err = error_of(
+        "name: d\ndatasets:\n  studies:\n    phantom: {count: 2, size: huge}\nstages:\n  s: {uses: phantom, foreach: studies}\n",
+    );
+    assert!(
+        err.contains("unknown variant `huge`, expected `small` or `mosmed`"),
+        "{err}"
+    );
+    let err = error_of(
+        "name: c\ndatasets:\n  xs:\n    count: 100000000000\nstages:\n  s: {uses: exec, foreach: xs, with: {run: x}}\n",
+    );
+    assert!(err.contains("more than the 1000000 items"), "{err}");
+}

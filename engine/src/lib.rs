@@ -30,7 +30,7 @@ mod slurm;
 mod spec;
 mod stage;
 
-pub use builtin::{CountSource, ExecParams, ExecStage, GlobSource, ListSource};
+pub use builtin::{CountSource, ExecParams, ExecStage, GlobSource, GlobSpec, ListSource};
 pub use error::{Location, SpecError, locate};
 pub use execute::{
     Outcome, RunError, RunOptions, RunReport, Selection, TaskFailure, TaskReport, Upstream,
@@ -38,7 +38,7 @@ pub use execute::{
 };
 pub use graph::{TaskGraph, TaskNode};
 pub use invocation::StageInvocation;
-pub use params::{DynStage, ParamDoc, ParamError, param_docs, params_markdown};
+pub use params::{DynDataset, DynStage, ParamDoc, ParamError, param_docs, params_markdown};
 /// A task in the [`TaskGraph`].
 pub use petgraph::graph::NodeIndex;
 pub use plan::{InputRef, KeyMaterial, PlannedTask, TaskState, Workflow};

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::spec::StageDecl;
-use crate::stage::{Stage, StageError, TaskContext};
+use crate::stage::{DatasetSource, Item, Stage, StageError, TaskContext};
 
 /// A rejected stage declaration: where in the stage (`["with", "closing_mm"]`, `["needs"]`) and
 /// why.
@@ -274,4 +274,53 @@ pub fn params_markdown(stage: &dyn DynStage) -> String {
         ));
     }
     out
+}
+
+/// A dataset source as the engine stores it: [`DatasetSource`] with its `Spec` type erased.
+/// Implemented for every [`DatasetSource`].
+pub trait DynDataset: Send + Sync {
+    /// The key that selects the source.
+    fn kind(&self) -> &'static str;
+    /// Checks a declaration (the whole mapping under the dataset's name). The error's path is
+    /// inside that mapping (`["count"]`, `["phantom", "size"]`).
+    fn check(&self, spec: &Json) -> Result<(), ParamError>;
+    /// The items of a declaration that [`DynDataset::check`] accepted.
+    fn items(&self, spec: &Json, pipeline_dir: &std::path::Path) -> Result<Vec<Item>, String>;
+}
+
+fn dataset_spec<D: DatasetSource>(spec: &Json) -> Result<D::Spec, ParamError> {
+    serde_path_to_error::deserialize(spec.clone()).map_err(|e| {
+        let path: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let message = match path.is_empty() {
+            true => e.inner().to_string(),
+            false => format!("`{}`: {}", e.path(), e.inner()),
+        };
+        ParamError { path, message }
+    })
+}
+
+impl<D: DatasetSource> DynDataset for D {
+    fn kind(&self) -> &'static str {
+        DatasetSource::kind(self)
+    }
+
+    fn check(&self, spec: &Json) -> Result<(), ParamError> {
+        let typed = dataset_spec::<D>(spec)?;
+        DatasetSource::check(self, &typed).map_err(|message| ParamError {
+            path: vec![DatasetSource::kind(self).to_string()],
+            message,
+        })
+    }
+
+    fn items(&self, spec: &Json, pipeline_dir: &std::path::Path) -> Result<Vec<Item>, String> {
+        let typed = dataset_spec::<D>(spec).map_err(|e| e.message)?;
+        DatasetSource::items(self, &typed, pipeline_dir)
+    }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::builtin;
-use crate::params::DynStage;
+use crate::params::{DynDataset, DynStage};
 use crate::stage::{DatasetSource, Stage};
 
 /// Known stage kinds and dataset sources.
@@ -17,7 +17,7 @@ use crate::stage::{DatasetSource, Stage};
 #[derive(Clone, Default)]
 pub struct Registry {
     stages: BTreeMap<&'static str, Arc<dyn DynStage>>,
-    datasets: BTreeMap<&'static str, Arc<dyn DatasetSource>>,
+    datasets: BTreeMap<&'static str, Arc<dyn DynDataset>>,
 }
 
 impl Registry {
@@ -44,8 +44,9 @@ impl Registry {
     }
 
     /// Registers a dataset source.
-    pub fn add_dataset(&mut self, source: impl DatasetSource + 'static) -> &mut Self {
-        self.datasets.insert(source.kind(), Arc::new(source));
+    pub fn add_dataset(&mut self, source: impl DatasetSource) -> &mut Self {
+        self.datasets
+            .insert(DatasetSource::kind(&source), Arc::new(source));
         self
     }
 
@@ -55,7 +56,7 @@ impl Registry {
     }
 
     /// The dataset source named `kind`.
-    pub fn dataset(&self, kind: &str) -> Option<&Arc<dyn DatasetSource>> {
+    pub fn dataset(&self, kind: &str) -> Option<&Arc<dyn DynDataset>> {
         self.datasets.get(kind)
     }
 

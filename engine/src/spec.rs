@@ -237,8 +237,10 @@ impl Pipeline {
                 .dataset(&kind)
                 .expect("kind found above")
                 .check(&spec)
-                .map_err(|m| {
-                    SpecError::new(at(path, &source, &["datasets", &name, &kind]), m)
+                .map_err(|e| {
+                    let mut key: Vec<&str> = vec!["datasets", &name];
+                    key.extend(e.path.iter().map(String::as_str));
+                    SpecError::new(at(path, &source, &key), e.message)
                         .context(format!("dataset `{name}`"))
                 })?;
             datasets.push(DatasetDecl { name, kind, spec });

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value as Json;
-
 use crate::params::ParamError;
 use crate::spec::StageDecl;
 
@@ -264,11 +262,20 @@ pub trait Stage: Send + Sync + 'static {
 }
 
 /// A dataset source kind (the key under a dataset's name: `list`, `glob`, `phantom`, ...).
-pub trait DatasetSource: Send + Sync {
+///
+/// `Spec` is the whole mapping under the dataset's name, the kind's own key included
+/// (`{count: 5, prefix: case_}`), deserialized with `deny_unknown_fields` so that an error names
+/// the field and its line.
+pub trait DatasetSource: Send + Sync + 'static {
+    /// The declaration, typed.
+    type Spec: serde::de::DeserializeOwned;
     /// The key that selects this source.
     fn kind(&self) -> &'static str;
-    /// Validates the declaration (the whole mapping under the dataset's name).
-    fn check(&self, spec: &Json) -> Result<(), String>;
+    /// Rules beyond the types, checked when the pipeline is loaded.
+    fn check(&self, spec: &Self::Spec) -> Result<(), String> {
+        let _ = spec;
+        Ok(())
+    }
     /// The items, in a stable order. Relative paths resolve against `pipeline_dir`.
-    fn items(&self, spec: &Json, pipeline_dir: &Path) -> Result<Vec<Item>, String>;
+    fn items(&self, spec: &Self::Spec, pipeline_dir: &Path) -> Result<Vec<Item>, String>;
 }

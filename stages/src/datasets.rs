@@ -11,8 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use covflow_engine::{DatasetSource, GlobSource, Item, valid_item_id};
-use serde_json::Value as Json;
+use covflow_engine::{DatasetSource, GlobSource, GlobSpec, Item, valid_item_id};
 
 fn check_header(path: &Path) -> Result<(), String> {
     nifti::NiftiHeader::from_file(path)
@@ -43,32 +42,30 @@ fn id_of(path: &Path) -> String {
 /// carry `path`, `category`, and `mask` / `lung` when present.
 pub struct MosmedSource;
 
+/// A `mosmed` dataset's declaration.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MosmedSpec {
+    mosmed: MosmedRoot,
+}
+
+/// The mapping under `mosmed:`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MosmedRoot {
+    /// The folder holding `studies/` (and `masks/`, `lungs/`), relative to the pipeline file.
+    root: PathBuf,
+}
+
 impl DatasetSource for MosmedSource {
+    type Spec = MosmedSpec;
+
     fn kind(&self) -> &'static str {
         "mosmed"
     }
 
-    fn check(&self, spec: &Json) -> Result<(), String> {
-        let m = spec["mosmed"]
-            .as_object()
-            .ok_or("`mosmed` takes a mapping: {root: DIR}")?;
-        for k in m.keys() {
-            if k != "root" {
-                return Err(format!("unknown field `{k}` in mosmed (root)"));
-            }
-        }
-        m.get("root")
-            .and_then(|r| r.as_str())
-            .ok_or("mosmed needs `root: DIR` (the folder holding studies/ and masks/)")?;
-        Ok(())
-    }
-
-    fn items(&self, spec: &Json, dir: &Path) -> Result<Vec<Item>, String> {
-        let root = dir.join(
-            spec["mosmed"]["root"]
-                .as_str()
-                .ok_or("mosmed needs `root`")?,
-        );
+    fn items(&self, spec: &MosmedSpec, dir: &Path) -> Result<Vec<Item>, String> {
+        let root = dir.join(&spec.mosmed.root);
         let studies = root.join("studies");
         if !studies.is_dir() {
             return Err(format!(
@@ -143,23 +140,35 @@ impl DatasetSource for MosmedSource {
 /// is the file name without extensions.
 pub struct NiftiSource;
 
+/// A `nifti` dataset's declaration.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NiftiSpec {
+    /// The pattern, relative to the pipeline file.
+    nifti: String,
+}
+
 impl DatasetSource for NiftiSource {
+    type Spec = NiftiSpec;
+
     fn kind(&self) -> &'static str {
         "nifti"
     }
 
-    fn check(&self, spec: &Json) -> Result<(), String> {
-        spec["nifti"]
-            .as_str()
-            .ok_or("`nifti` takes a glob pattern, e.g. `nifti: \"scans/*.nii.gz\"`")?;
-        Ok(())
+    fn check(&self, spec: &NiftiSpec) -> Result<(), String> {
+        GlobSource.check(&GlobSpec {
+            glob: spec.nifti.clone(),
+        })
     }
 
-    fn items(&self, spec: &Json, dir: &Path) -> Result<Vec<Item>, String> {
+    fn items(&self, spec: &NiftiSpec, dir: &Path) -> Result<Vec<Item>, String> {
         // The engine's glob source does the matching, ids and content digests; this adds the
         // NIfTI header check.
-        let pattern = spec["nifti"].as_str().ok_or("`nifti` must be a string")?;
-        let items = GlobSource.items(&serde_json::json!({ "glob": pattern }), dir)?;
+        let pattern = &spec.nifti;
+        let glob = GlobSpec {
+            glob: pattern.clone(),
+        };
+        let items = GlobSource.items(&glob, dir)?;
         if items.is_empty() {
             return Err(format!("no file matches `{}`", dir.join(pattern).display()));
         }

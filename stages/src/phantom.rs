@@ -18,12 +18,18 @@ use covflow_imaging::phantom::{
     GENERATOR_VERSION, PhantomParams, PhantomSize, category_of, study_id,
 };
 use covflow_imaging::study::{CT, LESION, LUNG, STUDY_INFO};
-use serde_json::Value as Json;
 
 /// The `phantom` dataset source: `phantom: {count: N, seed: S, size: small|mosmed}`.
 pub struct PhantomSource;
 
-/// The declaration under `phantom:`.
+/// A `phantom` dataset's declaration.
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhantomSpec {
+    phantom: PhantomSet,
+}
+
+/// The mapping under `phantom:`.
 #[derive(Clone, Copy, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PhantomSet {
@@ -36,33 +42,28 @@ struct PhantomSet {
 
 impl PhantomSet {
     const MAX_COUNT: u64 = 9999;
-
-    fn of(spec: &Json) -> Result<Self, String> {
-        let set: PhantomSet = serde_json::from_value(spec["phantom"].clone()).map_err(|e| {
-            format!("phantom: {e}\n  help: `phantom: {{count: N, seed: S, size: small|mosmed}}`")
-        })?;
-        if set.count == 0 || set.count > Self::MAX_COUNT {
-            return Err(format!(
-                "phantom count {} is out of range (1..={})",
-                set.count,
-                Self::MAX_COUNT
-            ));
-        }
-        Ok(set)
-    }
 }
 
 impl DatasetSource for PhantomSource {
+    type Spec = PhantomSpec;
+
     fn kind(&self) -> &'static str {
         "phantom"
     }
 
-    fn check(&self, spec: &Json) -> Result<(), String> {
-        PhantomSet::of(spec).map(|_| ())
+    fn check(&self, spec: &PhantomSpec) -> Result<(), String> {
+        let count = spec.phantom.count;
+        if count == 0 || count > PhantomSet::MAX_COUNT {
+            return Err(format!(
+                "phantom count {count} is out of range (1..={})",
+                PhantomSet::MAX_COUNT
+            ));
+        }
+        Ok(())
     }
 
-    fn items(&self, spec: &Json, _: &Path) -> Result<Vec<Item>, String> {
-        let PhantomSet { count, seed, size } = PhantomSet::of(spec)?;
+    fn items(&self, spec: &PhantomSpec, _: &Path) -> Result<Vec<Item>, String> {
+        let PhantomSet { count, seed, size } = spec.phantom;
         Ok((0..count as u32)
             .map(|i| {
                 let identity = format!(

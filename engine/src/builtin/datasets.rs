@@ -7,20 +7,6 @@ use serde_json::Value as Json;
 
 use crate::stage::{DatasetSource, Item, valid_item_id};
 
-fn only_keys(spec: &Json, allowed: &[&str]) -> Result<(), String> {
-    if let Some(o) = spec.as_object() {
-        for k in o.keys() {
-            if !allowed.contains(&k.as_str()) {
-                return Err(format!(
-                    "unknown field `{k}` (expected one of: {})",
-                    allowed.join(", ")
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn check_ids(items: &[Item]) -> Result<(), String> {
     let mut seen = std::collections::BTreeSet::new();
     for it in items {
@@ -40,22 +26,28 @@ fn check_ids(items: &[Item]) -> Result<(), String> {
 /// `list: [a, b, c]`: the items are the listed ids.
 pub struct ListSource;
 
+/// A `list` dataset's declaration.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSpec {
+    /// The ids, strings or numbers.
+    list: Vec<Json>,
+}
+
 impl DatasetSource for ListSource {
+    type Spec = ListSpec;
+
     fn kind(&self) -> &'static str {
         "list"
     }
 
-    fn check(&self, spec: &Json) -> Result<(), String> {
-        only_keys(spec, &["list"])?;
-        let items = self.items(spec, Path::new("."))?;
-        check_ids(&items)
+    fn check(&self, spec: &ListSpec) -> Result<(), String> {
+        check_ids(&self.items(spec, Path::new("."))?)
     }
 
-    fn items(&self, spec: &Json, _: &Path) -> Result<Vec<Item>, String> {
-        let list = spec["list"]
-            .as_array()
-            .ok_or("`list` must be a list of ids, e.g. `list: [a, b]`")?;
-        list.iter()
+    fn items(&self, spec: &ListSpec, _: &Path) -> Result<Vec<Item>, String> {
+        spec.list
+            .iter()
             .map(|v| match v {
                 Json::String(s) => Ok(Item::named(s)),
                 Json::Number(n) => Ok(Item::named(&n.to_string())),
@@ -71,22 +63,29 @@ impl DatasetSource for ListSource {
 /// extensions (`study_0001.nii.gz` → `study_0001`), the digest is the file's blake3.
 pub struct GlobSource;
 
+/// A `glob` dataset's declaration.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobSpec {
+    /// The pattern, relative to the pipeline file.
+    pub glob: String,
+}
+
 impl DatasetSource for GlobSource {
+    type Spec = GlobSpec;
+
     fn kind(&self) -> &'static str {
         "glob"
     }
 
-    fn check(&self, spec: &Json) -> Result<(), String> {
-        only_keys(spec, &["glob"])?;
-        let pattern = spec["glob"]
-            .as_str()
-            .ok_or("`glob` must be a pattern string, e.g. `glob: \"data/*.nii.gz\"`")?;
-        glob::Pattern::new(pattern).map_err(|e| format!("bad glob pattern `{pattern}`: {e}"))?;
-        Ok(())
+    fn check(&self, spec: &GlobSpec) -> Result<(), String> {
+        glob::Pattern::new(&spec.glob)
+            .map(|_| ())
+            .map_err(|e| format!("bad glob pattern `{}`: {e}", spec.glob))
     }
 
-    fn items(&self, spec: &Json, dir: &Path) -> Result<Vec<Item>, String> {
-        let pattern = spec["glob"].as_str().ok_or("`glob` must be a string")?;
+    fn items(&self, spec: &GlobSpec, dir: &Path) -> Result<Vec<Item>, String> {
+        let pattern = &spec.glob;
         let full = dir.join(pattern);
         let mut paths: Vec<_> = glob::glob(&full.to_string_lossy())
             .map_err(|e| format!("bad glob pattern `{pattern}`: {e}"))?
@@ -114,26 +113,47 @@ impl DatasetSource for GlobSource {
 /// benchmarks.
 pub struct CountSource;
 
+impl CountSource {
+    /// The most items of a `count` dataset: a plan of a million tasks is a test of the engine;
+    /// beyond it a typo would exhaust memory instead of failing.
+    pub const MAX: u64 = 1_000_000;
+}
+
+/// A `count` dataset's declaration.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountSpec {
+    /// How many items.
+    count: u64,
+    /// What their ids start with.
+    #[serde(default = "default_prefix")]
+    prefix: String,
+}
+
+fn default_prefix() -> String {
+    "item_".into()
+}
+
 impl DatasetSource for CountSource {
+    type Spec = CountSpec;
+
     fn kind(&self) -> &'static str {
         "count"
     }
 
-    fn check(&self, spec: &Json) -> Result<(), String> {
-        only_keys(spec, &["count", "prefix"])?;
-        let items = self.items(spec, Path::new("."))?;
-        check_ids(&items)
+    fn check(&self, spec: &CountSpec) -> Result<(), String> {
+        if spec.count > Self::MAX {
+            return Err(format!(
+                "`count: {}` is more than the {} items a count dataset makes",
+                spec.count,
+                Self::MAX
+            ));
+        }
+        check_ids(&self.items(spec, Path::new("."))?)
     }
 
-    fn items(&self, spec: &Json, _: &Path) -> Result<Vec<Item>, String> {
-        let n = spec["count"]
-            .as_u64()
-            .ok_or("`count` must be a non-negative integer")?;
-        let prefix = spec
-            .get("prefix")
-            .map(|p| p.as_str().ok_or("`prefix` must be a string"))
-            .transpose()?
-            .unwrap_or("item_");
+    fn items(&self, spec: &CountSpec, _: &Path) -> Result<Vec<Item>, String> {
+        let (n, prefix) = (spec.count, &spec.prefix);
         let width = n.saturating_sub(1).to_string().len();
         Ok((0..n)
             .map(|i| Item::named(&format!("{prefix}{i:0width$}")))

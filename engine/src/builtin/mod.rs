@@ -3,5 +3,5 @@
 mod datasets;
 mod exec;
 
-pub use datasets::{CountSource, GlobSource, ListSource};
+pub use datasets::{CountSource, GlobSource, GlobSpec, ListSource};
 pub use exec::{ExecParams, ExecStage};
