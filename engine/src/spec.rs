@@ -185,168 +185,27 @@ impl Pipeline {
             params.insert(k.clone(), to_json(path, &source, &["params", &k], &v)?);
         }
 
+        let load = Loader {
+            path,
+            source: &source,
+            registry,
+            params: &params,
+        };
         let mut datasets = Vec::new();
         let mut raw_datasets = raw.datasets;
         for name in order("datasets") {
-            let Some(map) = raw_datasets.remove(&name) else {
-                continue;
-            };
-            let here = at(path, &source, &["datasets", &name]);
-            if !valid_name(&name) {
-                return Err(bad_name(here, "dataset", &name));
+            if let Some(map) = raw_datasets.remove(&name) {
+                datasets.push(load.dataset(name, map)?);
             }
-            let spec = to_json(
-                path,
-                &source,
-                &["datasets", &name],
-                &serde_yaml::Value::Mapping(map),
-            )?;
-            let spec = substitute(&spec, &params).map_err(|m| {
-                SpecError::new(here.clone(), m).context(format!("dataset `{name}`"))
-            })?;
-            let kinds: Vec<&String> = spec
-                .as_object()
-                .map(|o| o.keys().filter(|k| registry.dataset(k).is_some()).collect())
-                .unwrap_or_default();
-            let kind = match kinds.as_slice() {
-                [k] => (*k).clone(),
-                [] => {
-                    return Err(SpecError::new(here, "no dataset source given")
-                        .context(format!("dataset `{name}`"))
-                        .help(format!(
-                            "give exactly one of: {}",
-                            registry.dataset_kinds().join(", ")
-                        )));
-                }
-                many => {
-                    return Err(SpecError::new(
-                        here,
-                        format!(
-                            "several dataset sources given: {}",
-                            many.iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                    .context(format!("dataset `{name}`"))
-                    .help("give exactly one source per dataset"));
-                }
-            };
-            registry
-                .dataset(&kind)
-                .expect("kind found above")
-                .check(&spec)
-                .map_err(|e| {
-                    let mut key: Vec<&str> = vec!["datasets", &name];
-                    key.extend(e.path.iter().map(String::as_str));
-                    SpecError::new(at(path, &source, &key), e.message)
-                        .context(format!("dataset `{name}`"))
-                })?;
-            datasets.push(DatasetDecl { name, kind, spec });
         }
-
         let dataset_names: BTreeSet<&str> = datasets.iter().map(|d| d.name.as_str()).collect();
         let stage_names: BTreeSet<String> = raw.stages.keys().cloned().collect();
         let mut stages = Vec::new();
         let mut raw_stages = raw.stages;
         for name in order("stages") {
-            let Some(rs) = raw_stages.remove(&name) else {
-                continue;
-            };
-            let here = |field: &str| at(path, &source, &["stages", &name, field]);
-            let ctx = format!("stage `{name}`");
-            if !valid_name(&name) {
-                return Err(bad_name(here(""), "stage", &name));
+            if let Some(rs) = raw_stages.remove(&name) {
+                stages.push(load.stage(name, rs, &dataset_names, &stage_names)?);
             }
-            if dataset_names.contains(name.as_str()) {
-                return Err(SpecError::new(
-                    here(""),
-                    format!("`{name}` is both a dataset and a stage"),
-                )
-                .help("rename one of them: `foreach` and `needs` refer to both by name"));
-            }
-            let Some(stage) = registry.stage(&rs.uses) else {
-                return Err(SpecError::new(
-                    here("uses"),
-                    format!("unknown stage kind `{}`", rs.uses),
-                )
-                .context(ctx)
-                .help(format!(
-                    "known kinds: {}",
-                    registry.stage_kinds().join(", ")
-                )));
-            };
-            for need in &rs.needs {
-                if !stage_names.contains(need) {
-                    let hint = if dataset_names.contains(need.as_str()) {
-                        format!("`{need}` is a dataset: use `foreach: {need}` to fan out over it")
-                    } else {
-                        format!(
-                            "stages in this pipeline: {}",
-                            stage_names.iter().cloned().collect::<Vec<_>>().join(", ")
-                        )
-                    };
-                    return Err(SpecError::new(
-                        here("needs"),
-                        format!("needs `{need}`, which is not a stage"),
-                    )
-                    .context(ctx)
-                    .help(hint));
-                }
-            }
-            if let Some(f) = &rs.foreach
-                && !dataset_names.contains(f.as_str())
-                && !stage_names.contains(f)
-            {
-                return Err(SpecError::new(
-                    here("foreach"),
-                    format!("foreach `{f}`, which is neither a dataset nor a stage"),
-                )
-                .context(ctx)
-                .help("name a dataset under `datasets:` or an upstream stage that fans out"));
-            }
-            let mut with = serde_json::Map::new();
-            for (k, v) in &rs.with {
-                let v = to_json(path, &source, &["stages", &name, "with", k], v)?;
-                let v = substitute(&v, &params).map_err(|m| {
-                    SpecError::new(at(path, &source, &["stages", &name, "with", k]), m)
-                        .context(ctx.clone())
-                        .help(format!(
-                            "write ${{params.NAME}} with NAME one of: {}",
-                            if params.is_empty() {
-                                "(no params declared)".to_string()
-                            } else {
-                                params.keys().cloned().collect::<Vec<_>>().join(", ")
-                            }
-                        ))
-                })?;
-                with.insert(k.clone(), v);
-            }
-            let mut needs = rs.needs.clone();
-            if let Some(f) = &rs.foreach
-                && stage_names.contains(f)
-                && !needs.contains(f)
-            {
-                needs.push(f.clone());
-            }
-            let mut decl = StageDecl {
-                name: name.clone(),
-                uses: rs.uses.clone(),
-                with,
-                params: Json::Null,
-                needs,
-                foreach: rs.foreach.clone(),
-                resources: rs.resources.clone(),
-            };
-            decl.params = stage.load(&decl).map_err(|e| {
-                let mut key: Vec<&str> = vec!["stages", &name];
-                key.extend(e.path.iter().map(String::as_str));
-                SpecError::new(at(path, &source, &key), e.message)
-                    .context(ctx.clone())
-                    .help(stage.params_help())
-            })?;
-            stages.push(decl);
         }
 
         let pipeline = Pipeline {
@@ -421,6 +280,177 @@ impl Pipeline {
             .help("a stage cannot need (directly or through others) its own output; remove one of these `needs`"));
         }
         Ok(())
+    }
+}
+
+/// What loading a dataset or a stage declaration needs: the file, its text, the kinds and the
+/// pipeline's parameters.
+struct Loader<'a> {
+    path: &'a Path,
+    source: &'a str,
+    registry: &'a Registry,
+    params: &'a BTreeMap<String, Json>,
+}
+
+impl Loader<'_> {
+    /// One dataset: its source kind found, `${params.*}` substituted, its declaration checked.
+    fn dataset(&self, name: String, map: serde_yaml::Mapping) -> Result<DatasetDecl, SpecError> {
+        let (path, source, registry, params) = (self.path, self.source, self.registry, self.params);
+        let here = at(path, source, &["datasets", &name]);
+        if !valid_name(&name) {
+            return Err(bad_name(here, "dataset", &name));
+        }
+        let spec = to_json(
+            path,
+            source,
+            &["datasets", &name],
+            &serde_yaml::Value::Mapping(map),
+        )?;
+        let spec = substitute(&spec, params)
+            .map_err(|m| SpecError::new(here.clone(), m).context(format!("dataset `{name}`")))?;
+        let kinds: Vec<&String> = spec
+            .as_object()
+            .map(|o| o.keys().filter(|k| registry.dataset(k).is_some()).collect())
+            .unwrap_or_default();
+        let kind = match kinds.as_slice() {
+            [k] => (*k).clone(),
+            [] => {
+                return Err(SpecError::new(here, "no dataset source given")
+                    .context(format!("dataset `{name}`"))
+                    .help(format!(
+                        "give exactly one of: {}",
+                        registry.dataset_kinds().join(", ")
+                    )));
+            }
+            many => {
+                return Err(SpecError::new(
+                    here,
+                    format!(
+                        "several dataset sources given: {}",
+                        many.iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+                .context(format!("dataset `{name}`"))
+                .help("give exactly one source per dataset"));
+            }
+        };
+        registry
+            .dataset(&kind)
+            .expect("kind found above")
+            .check(&spec)
+            .map_err(|e| {
+                let mut key: Vec<&str> = vec!["datasets", &name];
+                key.extend(e.path.iter().map(String::as_str));
+                SpecError::new(at(path, source, &key), e.message)
+                    .context(format!("dataset `{name}`"))
+            })?;
+        Ok(DatasetDecl { name, kind, spec })
+    }
+
+    /// One stage: its kind, `needs` and `foreach` checked, its parameters typed by its kind.
+    fn stage(
+        &self,
+        name: String,
+        rs: RawStage,
+        dataset_names: &BTreeSet<&str>,
+        stage_names: &BTreeSet<String>,
+    ) -> Result<StageDecl, SpecError> {
+        let (path, source, registry, params) = (self.path, self.source, self.registry, self.params);
+        let here = |field: &str| at(path, source, &["stages", &name, field]);
+        let ctx = format!("stage `{name}`");
+        if !valid_name(&name) {
+            return Err(bad_name(here(""), "stage", &name));
+        }
+        if dataset_names.contains(name.as_str()) {
+            return Err(SpecError::new(
+                here(""),
+                format!("`{name}` is both a dataset and a stage"),
+            )
+            .help("rename one of them: `foreach` and `needs` refer to both by name"));
+        }
+        let Some(stage) = registry.stage(&rs.uses) else {
+            return Err(
+                SpecError::new(here("uses"), format!("unknown stage kind `{}`", rs.uses))
+                    .context(ctx)
+                    .help(format!(
+                        "known kinds: {}",
+                        registry.stage_kinds().join(", ")
+                    )),
+            );
+        };
+        for need in &rs.needs {
+            if !stage_names.contains(need) {
+                let hint = if dataset_names.contains(need.as_str()) {
+                    format!("`{need}` is a dataset: use `foreach: {need}` to fan out over it")
+                } else {
+                    format!(
+                        "stages in this pipeline: {}",
+                        stage_names.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                return Err(SpecError::new(
+                    here("needs"),
+                    format!("needs `{need}`, which is not a stage"),
+                )
+                .context(ctx)
+                .help(hint));
+            }
+        }
+        if let Some(f) = &rs.foreach
+            && !dataset_names.contains(f.as_str())
+            && !stage_names.contains(f)
+        {
+            return Err(SpecError::new(
+                here("foreach"),
+                format!("foreach `{f}`, which is neither a dataset nor a stage"),
+            )
+            .context(ctx)
+            .help("name a dataset under `datasets:` or an upstream stage that fans out"));
+        }
+        let mut with = serde_json::Map::new();
+        for (k, v) in &rs.with {
+            let v = to_json(path, source, &["stages", &name, "with", k], v)?;
+            let v = substitute(&v, params).map_err(|m| {
+                SpecError::new(at(path, source, &["stages", &name, "with", k]), m)
+                    .context(ctx.clone())
+                    .help(format!(
+                        "write ${{params.NAME}} with NAME one of: {}",
+                        if params.is_empty() {
+                            "(no params declared)".to_string()
+                        } else {
+                            params.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    ))
+            })?;
+            with.insert(k.clone(), v);
+        }
+        let mut needs = rs.needs.clone();
+        if let Some(f) = &rs.foreach
+            && stage_names.contains(f)
+            && !needs.contains(f)
+        {
+            needs.push(f.clone());
+        }
+        let mut decl = StageDecl {
+            name: name.clone(),
+            uses: rs.uses.clone(),
+            with,
+            params: Json::Null,
+            needs,
+            foreach: rs.foreach.clone(),
+            resources: rs.resources.clone(),
+        };
+        decl.params = stage.load(&decl).map_err(|e| {
+            let mut key: Vec<&str> = vec!["stages", &name];
+            key.extend(e.path.iter().map(String::as_str));
+            SpecError::new(at(path, source, &key), e.message)
+                .context(ctx.clone())
+                .help(stage.params_help())
+        })?;
+        Ok(decl)
     }
 }
 
