@@ -24,7 +24,7 @@ fn phantom_tree_and_inspect() {
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(v["shape"], serde_json::json!([128, 128, 16]));
     assert_eq!(v["datatype"], "Int16");
-    assert_eq!(v["orientation"], "RAS");
+    assert_eq!(v["orientation"], "LAS", "MosMed's orientation");
     assert_eq!(v["min"], -2048.0);
     let bad = s.run(&["inspect", "nope.nii.gz"]);
     assert_eq!(bad.status.code(), Some(1));

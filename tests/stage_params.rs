@@ -218,7 +218,7 @@ fn defaults_written_out_or_left_out_give_the_same_key() {
         "{head}  grid: {{uses: resample, foreach: scans, with: {{shape: [48, 48, 8]}}}}\n  lungs: {{uses: lung_mask, foreach: grid}}\n  crops: {{uses: crop, foreach: lungs, with: {{shape: [16, 16, 8]}}}}\n  all: {{uses: exec, needs: [crops], with: {{run: 'ls {{in.crops}}'}}}}\n"
     );
     let explicit = format!(
-        "{head}  grid: {{uses: resample, foreach: scans, with: {{shape: [48, 48, 8], spacing: null, window: [-1000, 400.0], anti_aliasing: true}}}}\n  lungs: {{uses: lung_mask, foreach: grid, with: {{threshold: -320, closing_mm: 5, min_lung_ratio: 0.1}}}}\n  crops: {{uses: crop, foreach: lungs, with: {{shape: [16, 16, 8], margin: 0}}}}\n  all: {{uses: exec, needs: [crops], with: {{run: 'ls {{in.crops}}', shell: bash, env: {{}}}}}}\n"
+        "{head}  grid: {{uses: resample, foreach: scans, with: {{shape: [48, 48, 8], spacing: null, window: [-1000, 400.0], anti_aliasing: true, orientation: las}}}}\n  lungs: {{uses: lung_mask, foreach: grid, with: {{threshold: -320, closing_mm: 5, min_lung_ratio: 0.1}}}}\n  crops: {{uses: crop, foreach: lungs, with: {{shape: [16, 16, 8], margin: 0}}}}\n  all: {{uses: exec, needs: [crops], with: {{run: 'ls {{in.crops}}', shell: bash, env: {{}}}}}}\n"
     );
     let s = Scratch::new();
     s.write("p.yaml", &terse);

@@ -54,7 +54,10 @@ pub fn preprocess(
         median_ms: median_ms(reps, || ct = Volume::read(ct_path).expect("read above")),
     });
     let window = Some(DEFAULT_WINDOW);
-    let units = CtUnits { window };
+    let units = CtUnits {
+        window,
+        orientation: None,
+    };
     let mut g = resample_volume(kernels, &ct, grid, window, true);
     out.push(StepTiming {
         step: "resample + window (anti-aliased)".into(),

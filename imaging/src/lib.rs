@@ -17,6 +17,7 @@ pub mod crop;
 mod error;
 pub mod lung;
 pub mod metrics;
+pub mod orientation;
 pub mod phantom;
 pub mod resample;
 pub mod study;
@@ -24,6 +25,7 @@ pub mod volume;
 
 pub use covflow_kernels::Kernels;
 pub use error::{Error, Result};
+pub use orientation::Orientation;
 pub use resample::Grid;
 pub use study::{CtUnits, StudyFiles};
 pub use volume::{Volume, VolumeError, VolumeInfo};

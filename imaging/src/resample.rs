@@ -12,6 +12,7 @@ use covflow_kernels::{Kernels, gaussian_weights};
 use ndarray::Array3;
 
 use crate::error::{Error, Result};
+use crate::orientation::{Orientation, reorient};
 use crate::study::{CT, CtUnits, LESION, LUNG, StudyFiles};
 use crate::volume::Volume;
 
@@ -122,37 +123,66 @@ pub struct Resampled {
     pub shape: [usize; 3],
 }
 
-/// Resamples a study's CT (and its masks, which must be on the CT's grid) to `grid` and writes
-/// them into `out_dir` under the same names, with `ct.json` saying the CT's units.
+/// How [`resample_study`] resamples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResampleOptions {
+    /// The output grid, in the axes of `orientation` when it is set.
+    pub grid: Grid,
+    /// `[low, high]` in HU mapped to [0, 1]; `None` keeps HU.
+    pub window: Option<(f32, f32)>,
+    /// Low-pass the CT along each axis it shrinks.
+    pub anti_alias: bool,
+    /// Permute and flip the voxels to this orientation first (exactly, before any
+    /// interpolation); `None` keeps the file's voxel order.
+    pub orientation: Option<Orientation>,
+}
+
+/// Resamples a study's CT (and its masks, which must be on the CT's grid) as `options` say and
+/// writes them into `out_dir` under the same names, with `ct.json` saying the CT's units and
+/// orientation.
 pub fn resample_study(
     kernels: &Kernels,
     study: &StudyFiles,
-    grid: Grid,
-    window: Option<(f32, f32)>,
-    anti_alias: bool,
+    options: &ResampleOptions,
     out_dir: &Path,
 ) -> Result<Resampled> {
+    let ResampleOptions {
+        grid,
+        window,
+        anti_alias,
+        orientation,
+    } = *options;
+    let oriented = |v: Volume| match orientation {
+        Some(o) => reorient(&v, o),
+        None => v,
+    };
     let ct = Volume::read(&study.ct)?;
+    let input_shape = ct.data.dim();
+    let ct = oriented(ct);
     let (nx, ny, nz) = ct.data.dim();
     let out = grid.voxels([nx, ny, nz], ct.spacing);
     resample_volume(kernels, &ct, out, window, anti_alias).write_f32(&out_dir.join(CT))?;
-    CtUnits { window }.write(out_dir)?;
+    CtUnits {
+        window,
+        orientation,
+    }
+    .write(out_dir)?;
     for (name, path) in [(LUNG, &study.lung), (LESION, &study.lesion)] {
         let Some(path) = path else { continue };
         let m = Volume::read(path)?;
-        if m.data.dim() != ct.data.dim() {
+        if m.data.dim() != input_shape {
             return Err(Error::Invalid(format!(
                 "{}: {:?} voxels, but its CT {} has {:?}\n  help: a mask must be on its CT's grid",
                 path.display(),
                 m.data.dim(),
                 study.ct.display(),
-                ct.data.dim()
+                input_shape
             )));
         }
-        resample_mask(kernels, &m, out).write_u8(&out_dir.join(name))?;
+        resample_mask(kernels, &oriented(m), out).write_u8(&out_dir.join(name))?;
     }
     Ok(Resampled {
-        input_shape: [nx, ny, nz],
+        input_shape: [input_shape.0, input_shape.1, input_shape.2],
         shape: out,
     })
 }
@@ -172,6 +202,52 @@ mod tests {
         // 12 voxels of 0.5 mm at a target of 2 mm are 3 voxels.
         let g = Grid::Spacing([Some(2.0), None, Some(3.0)]);
         assert_eq!(g.voxels([12, 7, 1], [0.5, 1.0, 1.0]), [3, 7, 1]);
+    }
+
+    #[test]
+    fn every_orientation_of_a_study_resamples_to_the_same_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = crate::phantom::generate(2, 0, crate::phantom::PhantomSize::Small);
+        let lung = p.ct.with_data(p.lung.mapv(f32::from));
+        let options = ResampleOptions {
+            grid: Grid::Shape([40, 48, 12]),
+            window: Some(DEFAULT_WINDOW),
+            anti_alias: true,
+            orientation: Some(Orientation::LAS),
+        };
+        let mut results = Vec::new();
+        for code in ["LAS", "RAS", "LPS", "PIR", "SLA"] {
+            let o: Orientation = code.parse().unwrap();
+            let input = dir.path().join(code);
+            let out = dir.path().join(format!("{code}-out"));
+            std::fs::create_dir_all(&input).unwrap();
+            std::fs::create_dir_all(&out).unwrap();
+            // Written as a scanner would have, in orientation `code`.
+            reorient(&p.ct, o).write_i16(&input.join(CT)).unwrap();
+            reorient(&lung, o).write_u8(&input.join(LUNG)).unwrap();
+            let written = Volume::read(&input.join(CT)).unwrap();
+            assert_eq!(Orientation::of(&written.affine), o);
+            resample_study(&Kernels::Cpu, &StudyFiles::in_dir(&input), &options, &out).unwrap();
+            let ct = Volume::read(&out.join(CT)).unwrap();
+            let mask = Volume::read(&out.join(LUNG)).unwrap();
+            assert_eq!(
+                CtUnits::read(&out).unwrap().orientation,
+                Some(Orientation::LAS)
+            );
+            results.push((code, ct, mask));
+        }
+        let (_, want_ct, want_mask) = &results[0];
+        assert_eq!(want_ct.data.dim(), (40, 48, 12));
+        for (code, ct, mask) in &results[1..] {
+            assert_eq!(ct.data, want_ct.data, "{code}: CT");
+            assert_eq!(mask.data, want_mask.data, "{code}: lung mask");
+            for r in 0..3 {
+                for c in 0..4 {
+                    let (a, b) = (ct.affine[r][c], want_ct.affine[r][c]);
+                    assert!((a - b).abs() < 1e-4, "{code}: affine [{r}][{c}] {a} vs {b}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -58,11 +58,15 @@ impl StudyFiles {
 
 /// What the numbers in a study's CT mean, written beside it as `ct.json`: HU (no file, or
 /// `window: null`), or HU mapped through `window` to [0, 1]. Later stages read it to turn
-/// thresholds given in HU into the stored units.
+/// thresholds given in HU into the stored units. It also records the voxel axes' orientation
+/// when a stage brought the study to one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CtUnits {
     /// `[low, high]` in HU that became [0, 1].
     pub window: Option<(f32, f32)>,
+    /// The orientation the voxels were brought to (`LAS`), when they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orientation: Option<crate::Orientation>,
 }
 
 impl CtUnits {
@@ -91,7 +95,7 @@ impl CtUnits {
     /// ```
     /// use covflow_imaging::CtUnits;
     /// assert_eq!(CtUnits::default().from_hu(-320.0), -320.0);
-    /// let windowed = CtUnits { window: Some((-1000.0, 400.0)) };
+    /// let windowed = CtUnits { window: Some((-1000.0, 400.0)), orientation: None };
     /// assert_eq!(windowed.from_hu(-300.0), 0.5);
     /// assert_eq!(windowed.from_hu(2000.0), 1.0);
     /// ```

@@ -144,24 +144,7 @@ pub fn header_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
 
 /// Axis codes of an affine: for each voxel axis, the world direction it mostly points to.
 pub fn orientation(affine: &[[f64; 4]; 4]) -> String {
-    (0..3)
-        .map(|axis| {
-            let col = [affine[0][axis], affine[1][axis], affine[2][axis]];
-            let (i, v) = col
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-                .expect("three rows");
-            match (i, *v >= 0.0) {
-                (0, true) => 'R',
-                (0, false) => 'L',
-                (1, true) => 'A',
-                (1, false) => 'P',
-                (_, true) => 'S',
-                (_, false) => 'I',
-            }
-        })
-        .collect()
+    crate::orientation::Orientation::of(affine).to_string()
 }
 
 /// Writes `$array` (`[x, y, z]`, any element type NIfTI supports) with `$volume`'s geometry to a
@@ -331,18 +314,20 @@ impl Volume {
             a[2][3] as f32,
         ];
         h.sform_code = 1;
-        let diagonal = (0..3).all(|r| (0..3).all(|c| r == c || a[r][c] == 0.0))
-            && (0..3).all(|i| a[i][i] > 0.0);
-        if diagonal {
-            h.qform_code = 1;
-            h.quatern_b = 0.0;
-            h.quatern_c = 0.0;
-            h.quatern_d = 0.0;
-            h.quatern_x = a[0][3] as f32;
-            h.quatern_y = a[1][3] as f32;
-            h.quatern_z = a[2][3] as f32;
-        } else {
-            h.qform_code = 0;
+        // The qform too, as scanners (and MosMed) write it, when the affine is a rotation with
+        // scales; readers that ignore the sform then see the same geometry.
+        match crate::orientation::quaternion(a) {
+            Some((b, c, d, qfac)) => {
+                h.qform_code = 1;
+                h.pixdim[0] = qfac as f32;
+                h.quatern_b = b as f32;
+                h.quatern_c = c as f32;
+                h.quatern_d = d as f32;
+                h.quatern_x = a[0][3] as f32;
+                h.quatern_y = a[1][3] as f32;
+                h.quatern_z = a[2][3] as f32;
+            }
+            None => h.qform_code = 0,
         }
         h
     }

@@ -9,8 +9,8 @@
 //! ```
 
 use covflow_engine::{ParamError, Stage, StageDecl, StageError, TaskContext};
-use covflow_imaging::resample::{DEFAULT_WINDOW, resample_study};
-use covflow_imaging::{Grid, StudyFiles};
+use covflow_imaging::resample::{DEFAULT_WINDOW, ResampleOptions, resample_study};
+use covflow_imaging::{Grid, Orientation, StudyFiles};
 
 use crate::{check_shape, kernels_for};
 
@@ -31,6 +31,11 @@ pub struct ResampleParams {
     /// Low-pass the CT along each axis it shrinks by a factor f (Gaussian, σ = (f − 1)/2 voxels,
     /// skimage's choice). Masks are never low-passed; they are thresholded at 0.5.
     pub anti_aliasing: bool,
+    /// Bring the voxel axes to this orientation first (exact permutations and flips, before any
+    /// interpolation), so that every scanner's export reaches the model the same way round:
+    /// `LAS` is MosMedData's. `shape` and `spacing` are in these axes. null keeps the file's
+    /// voxel order.
+    pub orientation: Option<Orientation>,
 }
 
 impl Default for ResampleParams {
@@ -40,6 +45,7 @@ impl Default for ResampleParams {
             spacing: None,
             window: Some([DEFAULT_WINDOW.0, DEFAULT_WINDOW.1]),
             anti_aliasing: true,
+            orientation: Some(Orientation::LAS),
         }
     }
 }
@@ -92,8 +98,8 @@ impl Stage for ResampleStage {
 
     fn version(&self) -> u32 {
         // 2: anti-aliasing prefilter; 3: writes ct.json (the CT's units); 4: keyed on the typed
-        // parameters (defaults filled in).
-        4
+        // parameters (defaults filled in); 5: reorients to `orientation` (LAS) first.
+        5
     }
 
     fn about(&self) -> &'static str {
@@ -145,15 +151,13 @@ impl Stage for ResampleStage {
     fn run(&self, p: &ResampleParams, ctx: &TaskContext) -> Result<(), StageError> {
         let grid = p.grid().map_err(|e| e.message)?;
         let study = study_of(ctx)?;
-        let window = p.window.map(|[lo, hi]| (lo, hi));
-        let done = resample_study(
-            &kernels_for(ctx.device)?,
-            &study,
+        let options = ResampleOptions {
             grid,
-            window,
-            p.anti_aliasing,
-            ctx.out_dir,
-        )?;
+            window: p.window.map(|[lo, hi]| (lo, hi)),
+            anti_alias: p.anti_aliasing,
+            orientation: p.orientation,
+        };
+        let done = resample_study(&kernels_for(ctx.device)?, &study, &options, ctx.out_dir)?;
         ctx.log.line(format!(
             "{}: {:?} → {:?} on {}",
             study.ct.display(),

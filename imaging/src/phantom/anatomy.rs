@@ -9,6 +9,10 @@ use rand_chacha::ChaCha8Rng;
 use super::grid::Grid;
 use super::noise::ValueNoise;
 
+/// The descending aorta's centre in the axial plane (x toward the patient's left, y toward the
+/// back, mm): left of and in front of the spine.
+pub(crate) const AORTA: [f64; 2] = [18.0, 25.0];
+
 /// Outside the scanner's field-of-view circle, as real scanners write it.
 pub(crate) const OUTSIDE_FOV_HU: f32 = -2048.0;
 
@@ -134,8 +138,10 @@ pub(crate) fn paint_body(
             } else if rib {
                 450.0
             } else {
-                let aorta = ((p[0] - 18.0).powi(2) + (p[1] - 25.0).powi(2)).sqrt() < 14.0;
-                if aorta { 45.0 } else { 40.0 }
+                // The descending aorta, left of the spine: unenhanced blood is denser than the
+                // soft tissue around it (about 50 against 40 HU).
+                let aorta = ((p[0] - AORTA[0]).powi(2) + (p[1] - AORTA[1]).powi(2)).sqrt() < 14.0;
+                if aorta { 50.0 } else { 40.0 }
             }
         };
         *v = hu as f32;

@@ -33,6 +33,19 @@ impl Grid {
         ]
     }
 
+    /// The voxel-to-world (RAS+) affine of this grid written in MosMed's LAS order, with the
+    /// j axis reversed against [`Grid::centre`]'s (whose y grows toward the patient's back):
+    /// world x = −x (toward the patient's right), world y = −y (anterior), world z = z.
+    pub(crate) fn las_affine(&self) -> [[f64; 4]; 4] {
+        let [sx, sy, sz] = self.spacing;
+        [
+            [-sx, 0.0, 0.0, self.fov / 2.0 - sx / 2.0],
+            [0.0, sy, 0.0, -self.fov / 2.0 + sy / 2.0],
+            [0.0, 0.0, sz, -self.zext / 2.0 + sz / 2.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    }
+
     /// The (fractional) voxel index of point `p`, mm.
     pub(crate) fn index_of(&self, p: [f64; 3]) -> [f64; 3] {
         [

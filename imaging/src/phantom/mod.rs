@@ -14,6 +14,7 @@ mod anatomy;
 mod grid;
 mod lesions;
 mod noise;
+mod stats;
 mod tree;
 mod tubes;
 
@@ -28,10 +29,11 @@ use lesions::{LesionStyle, add_lesions};
 use noise::ValueNoise;
 use tubes::{Tube, airway_tree, draw_tube, vessel_trees};
 
+pub use stats::{MOSMED_CT1, MosmedReference, StudyStats, median, phantom_stats};
 pub use tree::{WrittenStudy, study_id, write_mosmed_tree};
 
 /// Bumped whenever the generated volumes change (part of every phantom item's digest).
-pub const GENERATOR_VERSION: u32 = 2;
+pub const GENERATOR_VERSION: u32 = 3;
 
 /// Grid of a phantom.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -197,19 +199,26 @@ impl PhantomParams {
         }
 
         let lung_voxels = lung.iter().filter(|&&v| v == 1).count().max(1);
-        let mut vol = Volume::new(ct, spacing);
-        // Origin at the first voxel's centre, as scanners write it.
-        vol.affine[0][3] = -grid.fov / 2.0 + spacing[0] / 2.0;
-        vol.affine[1][3] = -grid.fov / 2.0 + spacing[1] / 2.0;
-        vol.affine[2][3] = -grid.zext / 2.0 + spacing[2] / 2.0;
+        // The anatomy is drawn with y toward the patient's back; MosMed's files are LAS (j
+        // toward the front), so the voxels are written with j reversed and a LAS affine.
         Phantom {
-            ct: vol,
-            lung,
-            lesion,
+            ct: Volume {
+                data: front_to_back(ct),
+                spacing,
+                affine: grid.las_affine(),
+            },
+            lung: front_to_back(lung),
+            lesion: front_to_back(lesion),
             category,
             involvement: lesion_voxels as f64 / lung_voxels as f64,
         }
     }
+}
+
+/// `a` with its j axis reversed (drawn toward the back, written toward the front).
+fn front_to_back<T: Clone>(mut a: Array3<T>) -> Array3<T> {
+    a.invert_axis(ndarray::Axis(1));
+    a.as_standard_layout().into_owned()
 }
 
 /// Generates study `index` of a phantom set with seed `seed`.
@@ -249,6 +258,52 @@ mod tests {
                     .all(|(l, m)| *l == 0 || *m == 1)
             );
         }
+    }
+
+    /// The mean world position (RAS+, mm) of the voxels whose value `keep` accepts.
+    fn centroid(v: &Volume, keep: impl Fn(f32) -> bool) -> [f64; 3] {
+        let (mut sum, mut n) = ([0.0; 3], 0.0);
+        for ((i, j, k), &x) in v.data.indexed_iter() {
+            if keep(x) {
+                let ijk = [i as f64, j as f64, k as f64];
+                for (r, s) in sum.iter_mut().enumerate() {
+                    *s += (0..3).map(|c| v.affine[r][c] * ijk[c]).sum::<f64>() + v.affine[r][3];
+                }
+                n += 1.0;
+            }
+        }
+        assert!(n > 0.0, "no voxel selected");
+        sum.map(|s| s / n)
+    }
+
+    #[test]
+    fn the_header_agrees_with_the_anatomy() {
+        // Read back from the file, as a viewer would: MosMed's LAS, the patient supine.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ct.nii.gz");
+        generate(4, 0, PhantomSize::Small)
+            .ct
+            .write_i16(&path)
+            .unwrap();
+        let ct = Volume::read(&path).unwrap();
+        assert_eq!(crate::Orientation::of(&ct.affine), crate::Orientation::LAS);
+        let body = centroid(&ct, |v| v > -500.0 && v < 300.0);
+        // The table (250 HU) and the spine's cortex (550 HU) lie behind the body's centre (world
+        // y is anterior), the spine on the midline.
+        let table = centroid(&ct, |v| (225.0..275.0).contains(&v));
+        let spine = centroid(&ct, |v| (525.0..575.0).contains(&v));
+        assert!(table[1] < body[1] - 80.0, "table {table:?} body {body:?}");
+        assert!(spine[1] < body[1] - 40.0, "spine {spine:?} body {body:?}");
+        assert!(spine[0].abs() < 5.0, "spine {spine:?}");
+        // The descending aorta (50 HU, denser than the 40 HU around it) on the patient's left:
+        // world x is toward the right, so its x is negative; in front of the spine.
+        // Scanner noise is at most ±12 HU, so only blood reaches 53–62 HU.
+        let near_aorta = centroid(&ct, |v| (53.0..62.0).contains(&v));
+        assert!(near_aorta[0] < -5.0, "aorta {near_aorta:?}");
+        assert!(
+            near_aorta[1] > spine[1],
+            "aorta {near_aorta:?} spine {spine:?}"
+        );
     }
 
     #[test]
