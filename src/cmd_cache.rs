@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use covflow_cache::Store;
+use covflow_cache::{Integrity, Lookup};
 use covflow_engine::NodeIndex;
 use covflow_engine::{CancelToken, KeyMaterial, TaskState, Upstream, Workflow, reexecute};
 
@@ -42,6 +43,9 @@ pub enum CacheCommand {
         /// Cache directory.
         #[arg(long, env = "COVFLOW_CACHE", default_value = ".covflow")]
         cache: PathBuf,
+        /// Remove every broken artifact (its task runs again next time).
+        #[arg(long)]
+        repair: bool,
     },
     /// Remove every artifact that the given pipelines do not refer to now.
     Gc {
@@ -86,6 +90,17 @@ pub fn audit(a: AuditArgs) -> Result<(), Failure> {
     for p in &plan {
         let label = wf.graph.label(p.node);
         let Some(up) = done.get(&p.node) else {
+            // A broken artifact is never used, but audit names what is wrong with it.
+            if let Some(key) = p.key
+                && let Lookup::Broken {
+                    problems: found, ..
+                } = wf.store.lookup(&key, Integrity::Full)?
+            {
+                for problem in found {
+                    problems.push(format!("TAMPERED  {label}: {problem}"));
+                }
+                continue;
+            }
             let why = match &p.state {
                 TaskState::Run(r) => r.clone(),
                 TaskState::Cached => "unreadable".into(),
@@ -187,30 +202,36 @@ pub fn cache(c: CacheCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
-        CacheCommand::Verify { cache } => {
+        CacheCommand::Verify { cache, repair } => {
             let store = open(&cache)?;
             let keys = store.keys()?;
-            let mut bad = 0;
+            let (mut bad, mut removed) = (0, 0);
             for key in &keys {
-                match store.get(key) {
-                    Ok(Some(a)) => {
-                        for problem in store.verify(&a)? {
-                            bad += 1;
-                            println!("{}  {problem}", key.short());
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        bad += 1;
-                        println!("{}  {e}", key.short());
-                    }
+                let Lookup::Broken { problems, .. } = store.lookup(key, Integrity::Full)? else {
+                    continue;
+                };
+                for problem in &problems {
+                    println!("{}  {problem}", key.short());
+                }
+                bad += problems.len();
+                // A task writing this key right now is left alone.
+                if repair && let Some(_lock) = store.try_lock(key)? {
+                    store.evict(key)?;
+                    removed += 1;
+                    println!("{}  removed", key.short());
                 }
             }
             println!("verify: {} artifacts, {bad} problems", keys.len());
+            if repair {
+                println!("repair: {removed} broken artifacts removed; their tasks run again");
+                return Ok(());
+            }
             if bad == 0 {
                 Ok(())
             } else {
-                Err(Failure::Failed(format!("{bad} problems in the cache")))
+                Err(Failure::Failed(format!(
+                    "{bad} problems in the cache\n  help: `covflow cache verify --repair` removes the broken artifacts"
+                )))
             }
         }
         CacheCommand::Gc {
@@ -259,20 +280,47 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         if e.file_type()?.is_dir() {
             copy_tree(&e.path(), &target)?;
         } else {
-            std::fs::copy(e.path(), &target)?;
-            let mut perms = std::fs::metadata(&target)?.permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perms.set_readonly(false);
-            std::fs::set_permissions(&target, perms)?;
+            // A new file, not `fs::copy`: it takes the user's umask instead of the artifact's
+            // read-only mode.
+            let mut out = std::fs::File::create(&target)?;
+            std::io::copy(&mut std::fs::File::open(e.path())?, &mut out)?;
         }
     }
     Ok(())
 }
 
+/// Whether `path` (which may not exist yet) lies inside `dir`.
+fn is_inside(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // The nearest existing ancestor, resolved (symbolic links included).
+    let mut probe = absolute.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(probe) {
+            return real.starts_with(&dir);
+        }
+        match probe.parent() {
+            Some(parent) => probe = parent,
+            None => return false,
+        }
+    }
+}
+
 pub fn export(a: ExportArgs) -> Result<(), Failure> {
-    let wf = workflow::load(&a.pipeline)?;
+    let mut wf = workflow::load(&a.pipeline)?;
+    // What leaves the cache is checked to the last byte.
+    wf.integrity = covflow_cache::Integrity::Full;
     if wf.pipeline.stage(&a.stage).is_none() {
         return Err(Failure::Invalid(format!("no stage `{}`", a.stage)));
+    }
+    if is_inside(&a.dest, wf.store.root()) {
+        return Err(Failure::Invalid(format!(
+            "{} is inside the cache {}\n  help: export to a folder outside the cache",
+            a.dest.display(),
+            wf.store.root().display()
+        )));
     }
     if a.dest.exists()
         && a.dest
@@ -293,11 +341,14 @@ pub fn export(a: ExportArgs) -> Result<(), Failure> {
     let missing: Vec<String> = tasks
         .iter()
         .filter(|p| !done.contains_key(&p.node))
-        .map(|p| wf.graph.label(p.node))
+        .map(|p| match &p.state {
+            TaskState::Run(why) => format!("{} ({why})", wf.graph.label(p.node)),
+            TaskState::Cached => wf.graph.label(p.node),
+        })
         .collect();
     if !missing.is_empty() {
         return Err(Failure::Failed(format!(
-            "not in the cache: {}\n  help: run the pipeline first (`covflow run FILE --until {}`)",
+            "not in the cache whole: {}\n  help: run the pipeline first (`covflow run FILE --until {}`)",
             missing.join(", "),
             a.stage
         )));

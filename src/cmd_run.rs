@@ -63,6 +63,13 @@ pub struct RunArgs {
     /// Print one JSON object at the end (see README).
     #[arg(long)]
     json: bool,
+    /// Re-hash every cached artifact before using it (by default each file's presence, size and
+    /// modification time are checked, and a file changed after sealing is re-hashed).
+    #[arg(long)]
+    verify: bool,
+    /// Fail on a broken cached artifact instead of running its task again.
+    #[arg(long)]
+    frozen: bool,
 }
 
 #[derive(Args, Debug)]
@@ -139,7 +146,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub fn run(a: RunArgs) -> Result<(), Failure> {
-    let wf = workflow::load(&a.pipeline)?;
+    let mut wf = workflow::load(&a.pipeline)?;
+    if a.verify {
+        wf.integrity = covflow_cache::Integrity::Full;
+    }
+    wf.frozen = a.frozen;
     let named: Vec<String> = a
         .force
         .iter()

@@ -39,11 +39,5 @@ pub fn load(args: &PipelineArgs) -> Result<Workflow, Failure> {
     let graph =
         TaskGraph::build(&pipeline, &registry).map_err(|e| Failure::Invalid(e.to_string()))?;
     let store = Store::open(cache_dir(args)).map_err(|e| Failure::Failed(e.to_string()))?;
-    Ok(Workflow {
-        pipeline,
-        graph,
-        registry,
-        store,
-        device: args.device,
-    })
+    Ok(Workflow::new(pipeline, graph, registry, store, args.device))
 }

@@ -14,4 +14,6 @@ mod store;
 pub use hash::{hash_file, hash_files};
 pub use key::{CacheKey, KEY_SCHEME, KeyBuilder, ParseKeyError, canonical_json};
 pub use manifest::{FileEntry, MANIFEST_FORMAT, Manifest, content_digest};
-pub use store::{Artifact, CacheError, GcReport, KeyLock, Problem, Staging, Store, scan_dir};
+pub use store::{
+    Artifact, CacheError, GcReport, Integrity, KeyLock, Lookup, Problem, Staging, Store, scan_dir,
+};

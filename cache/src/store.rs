@@ -47,7 +47,7 @@ pub enum CacheError {
     },
     /// A manifest that cannot be read back.
     #[error(
-        "{path}: corrupt manifest: {reason}\n  help: run `covflow cache verify`, then `covflow cache gc` to drop it"
+        "{path}: corrupt manifest: {reason}\n  help: `covflow cache verify --repair` removes it; its task runs again"
     )]
     CorruptManifest {
         /// The manifest file.
@@ -146,8 +146,17 @@ pub enum Problem {
     Changed(PathBuf),
     /// A file the manifest does not list.
     Unexpected(PathBuf),
-    /// The manifest's key or digest do not match.
+    /// The manifest's key or digest do not match, or it cannot be read.
     BadManifest(PathBuf, String),
+    /// A file's size is not the one recorded.
+    Resized {
+        /// The file.
+        path: PathBuf,
+        /// Bytes when the artifact was sealed.
+        recorded: u64,
+        /// Bytes now.
+        found: u64,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -157,8 +166,66 @@ impl std::fmt::Display for Problem {
             Problem::Changed(p) => write!(f, "{}: content changed (digest mismatch)", p.display()),
             Problem::Unexpected(p) => write!(f, "{}: not in the manifest", p.display()),
             Problem::BadManifest(p, why) => write!(f, "{}: {why}", p.display()),
+            Problem::Resized {
+                path,
+                recorded,
+                found,
+            } => write!(
+                f,
+                "{}: {found} bytes, {recorded} when the artifact was sealed",
+                path.display()
+            ),
         }
     }
+}
+
+/// How hard [`Store::lookup`] checks an artifact before it is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Integrity {
+    /// A `stat` per file: present, the recorded size, not modified after sealing (else
+    /// re-hashed).
+    #[default]
+    Quick,
+    /// Every file re-hashed (`--verify`).
+    Full,
+}
+
+/// What [`Store::lookup`] found under a key.
+#[derive(Clone, Debug)]
+pub enum Lookup {
+    /// A whole artifact.
+    Whole(Box<Artifact>),
+    /// An artifact that must not be used, and why.
+    Broken {
+        /// Its key.
+        key: CacheKey,
+        /// What is wrong.
+        problems: Vec<Problem>,
+    },
+    /// Nothing.
+    Absent,
+}
+
+/// The manifest's key and digest checked against the artifact's place and file list.
+fn manifest_problems(artifact: &Artifact, mpath: &Path) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if artifact.manifest.key != artifact.key {
+        problems.push(Problem::BadManifest(
+            mpath.to_path_buf(),
+            format!(
+                "stored under {} but its manifest says {}",
+                artifact.key.short(),
+                artifact.manifest.key.short()
+            ),
+        ));
+    }
+    if content_digest(&artifact.manifest.files) != artifact.manifest.digest {
+        problems.push(Problem::BadManifest(
+            mpath.to_path_buf(),
+            "content digest does not match its file list".into(),
+        ));
+    }
+    problems
 }
 
 /// What [`Store::gc`] removed.
@@ -229,6 +296,97 @@ impl Store {
             dir,
             manifest,
         }))
+    }
+
+    /// What is under `key`, checked before anyone uses it: a whole artifact, a broken one (with
+    /// what is wrong: files missing, resized or changed, an unreadable manifest), or nothing.
+    ///
+    /// [`Integrity::Quick`] costs a `stat` per file: every file present with its recorded size,
+    /// and re-hashed only if it was modified after the manifest was written (artifacts are
+    /// sealed read-only, so that is a file someone changed). [`Integrity::Full`] re-hashes every
+    /// file.
+    ///
+    /// ```
+    /// use covflow_cache::{Integrity, KeyBuilder, Lookup, Store};
+    /// let root = tempfile::tempdir().unwrap();
+    /// let store = Store::open(root.path()).unwrap();
+    /// let key = KeyBuilder::new().field("task", b"t").finish();
+    /// let staging = store.stage(&key).unwrap();
+    /// std::fs::write(staging.data_dir().join("x.txt"), "hello").unwrap();
+    /// let a = store.commit(staging, serde_json::json!({}), "").unwrap();
+    /// assert!(matches!(store.lookup(&key, Integrity::Quick).unwrap(), Lookup::Whole(_)));
+    /// std::fs::remove_file(a.data_dir().join("x.txt")).unwrap();
+    /// assert!(matches!(store.lookup(&key, Integrity::Quick).unwrap(), Lookup::Broken { .. }));
+    /// ```
+    pub fn lookup(&self, key: &CacheKey, integrity: Integrity) -> Result<Lookup> {
+        let artifact = match self.get(key) {
+            Ok(Some(a)) => a,
+            Ok(None) => return Ok(Lookup::Absent),
+            Err(CacheError::CorruptManifest { path, reason }) => {
+                return Ok(Lookup::Broken {
+                    key: *key,
+                    problems: vec![Problem::BadManifest(path, reason)],
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let problems = match integrity {
+            Integrity::Quick => self.check_quick(&artifact),
+            Integrity::Full => self.verify(&artifact)?,
+        };
+        Ok(if problems.is_empty() {
+            Lookup::Whole(Box::new(artifact))
+        } else {
+            Lookup::Broken {
+                key: *key,
+                problems,
+            }
+        })
+    }
+
+    /// The manifest's own consistency, then a `stat` of every file (see [`Store::lookup`]).
+    fn check_quick(&self, artifact: &Artifact) -> Vec<Problem> {
+        let mpath = artifact.dir.join("manifest.json");
+        let mut problems = manifest_problems(artifact, &mpath);
+        let sealed = fs::metadata(&mpath).and_then(|m| m.modified()).ok();
+        let data = artifact.data_dir();
+        for f in &artifact.manifest.files {
+            let path = data.join(&f.path);
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                problems.push(Problem::Missing(path));
+                continue;
+            };
+            if !meta.is_file() {
+                problems.push(Problem::Changed(path));
+            } else if meta.len() != f.size {
+                problems.push(Problem::Resized {
+                    path,
+                    recorded: f.size,
+                    found: meta.len(),
+                });
+            } else if sealed.is_none_or(|s| meta.modified().is_ok_and(|m| m > s))
+                && !hash_file(&path).is_ok_and(|(hex, _)| hex == f.blake3)
+            {
+                problems.push(Problem::Changed(path));
+            }
+        }
+        problems
+    }
+
+    /// Moves the artifact under `key` out of the store and deletes it (a broken one, so that the
+    /// task runs again). Call it holding the key's lock.
+    pub fn evict(&self, key: &CacheKey) -> Result<()> {
+        let dir = self.object_dir(key);
+        if !dir.exists() {
+            return Ok(());
+        }
+        // Renamed first, so that a half-deleted artifact is never visible under its key.
+        let trash =
+            self.root
+                .join("tmp")
+                .join(format!("trash.{}.{}", key.to_hex(), std::process::id()));
+        fs::rename(&dir, &trash).map_err(io_err(&dir))?;
+        fs::remove_dir_all(&trash).map_err(io_err(&trash))
     }
 
     /// Blocks until this process holds the lock on `key`.
@@ -412,24 +570,8 @@ impl Store {
 
     /// Re-hashes every file of an artifact and compares it with its manifest.
     pub fn verify(&self, artifact: &Artifact) -> Result<Vec<Problem>> {
-        let mut problems = Vec::new();
         let mpath = artifact.dir.join("manifest.json");
-        if artifact.manifest.key != artifact.key {
-            problems.push(Problem::BadManifest(
-                mpath.clone(),
-                format!(
-                    "stored under {} but its manifest says {}",
-                    artifact.key.short(),
-                    artifact.manifest.key.short()
-                ),
-            ));
-        }
-        if content_digest(&artifact.manifest.files) != artifact.manifest.digest {
-            problems.push(Problem::BadManifest(
-                mpath,
-                "content digest does not match its file list".into(),
-            ));
-        }
+        let mut problems = manifest_problems(artifact, &mpath);
         let data = artifact.data_dir();
         let checks: Vec<Option<Problem>> = artifact
             .manifest

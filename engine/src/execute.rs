@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use covflow_cache::{CacheKey, Store};
+use covflow_cache::{CacheKey, Lookup, Store};
 use petgraph::graph::NodeIndex;
 use serde_json::json;
 
-use crate::plan::{KeyMaterial, Workflow};
+use crate::plan::{KeyMaterial, Workflow, broken_reason};
 use crate::stage::{CancelToken, Input, TaskContext, TaskLog};
 
 /// What happened to a task in a run.
@@ -230,8 +230,35 @@ pub fn run_task(
     let log = TaskLog::default();
     let store: &Store = &wf.store;
     let _lock = store.lock(&key).map_err(|e| fail(e.to_string(), &log))?;
-    if !force && let Some(up) = wf.cached(key).map_err(|e| fail(e.to_string(), &log))? {
-        return Ok((Outcome::Cached, material, up));
+    if !force {
+        match store
+            .lookup(&key, wf.integrity)
+            .map_err(|e| fail(e.to_string(), &log))?
+        {
+            Lookup::Whole(a) => {
+                let up = Upstream {
+                    digest: a.manifest.digest.clone(),
+                    key,
+                    dir: a.data_dir(),
+                };
+                return Ok((Outcome::Cached, material, up));
+            }
+            Lookup::Broken { problems, .. } => {
+                let why = broken_reason(&problems);
+                if wf.frozen {
+                    return Err(fail(
+                        format!(
+                            "{why}\n  help: without --frozen the task runs again; `covflow cache verify --repair` removes broken artifacts"
+                        ),
+                        &log,
+                    ));
+                }
+                tracing::warn!(task = %wf.graph.label(n), "{why}: running it again");
+                log.line(format!("# covflow: {why}: running the task again"));
+                store.evict(&key).map_err(|e| fail(e.to_string(), &log))?;
+            }
+            Lookup::Absent => {}
+        }
     }
     let t = &wf.graph.graph[n];
     let decl = &wf.pipeline.stages[t.stage];

@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 
 use std::collections::HashMap;
 
-use covflow_cache::{CacheError, CacheKey, KeyBuilder, Store, canonical_json};
+use covflow_cache::{
+    CacheError, CacheKey, Integrity, KeyBuilder, Lookup, Problem, Store, canonical_json,
+};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -173,6 +175,20 @@ pub struct Workflow {
     pub store: Store,
     /// The device of the run.
     pub device: Device,
+    /// How hard a cache hit is checked before it is used (`--verify`: every file re-hashed).
+    pub integrity: Integrity,
+    /// Refuse to run a task whose cached artifact is broken instead of running it again
+    /// (`--frozen`).
+    pub frozen: bool,
+}
+
+/// Says what is wrong with a broken artifact in one line: the first problem, and how many more.
+pub(crate) fn broken_reason(problems: &[Problem]) -> String {
+    let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
+    match problems.len() {
+        0 | 1 => format!("cached artifact broken: {first}"),
+        n => format!("cached artifact broken: {first} (and {} more)", n - 1),
+    }
 }
 
 /// The note that remembers the key material a task last ran with.
@@ -181,6 +197,25 @@ pub(crate) fn last_run_note(pipeline: &str, stage: &str, item: Option<&str>) -> 
 }
 
 impl Workflow {
+    /// A workflow over a loaded pipeline, with the default checks of cache hits.
+    pub fn new(
+        pipeline: Pipeline,
+        graph: TaskGraph,
+        registry: Registry,
+        store: Store,
+        device: Device,
+    ) -> Self {
+        Self {
+            pipeline,
+            graph,
+            registry,
+            store,
+            device,
+            integrity: Integrity::default(),
+            frozen: false,
+        }
+    }
+
     /// The key material of a task given its inputs' digests (in input order).
     pub fn material(&self, node: NodeIndex, input_digests: &[String]) -> KeyMaterial {
         let t = &self.graph.graph[node];
@@ -211,14 +246,18 @@ impl Workflow {
         }
     }
 
-    /// The artifact of `key` as a task input, when it is in the cache: the one place a cached
-    /// artifact becomes an [`Upstream`].
+    /// The artifact of `key` as a task input, when the cache holds it whole (checked as
+    /// [`Workflow::integrity`] says): the one place a cached artifact becomes an [`Upstream`].
+    /// A broken artifact is never used: it is as if absent, and the task runs again.
     pub fn cached(&self, key: CacheKey) -> Result<Option<Upstream>, CacheError> {
-        Ok(self.store.get(&key)?.map(|a| Upstream {
-            digest: a.manifest.digest.clone(),
-            key,
-            dir: a.data_dir(),
-        }))
+        Ok(match self.store.lookup(&key, self.integrity)? {
+            Lookup::Whole(a) => Some(Upstream {
+                digest: a.manifest.digest.clone(),
+                key,
+                dir: a.data_dir(),
+            }),
+            Lookup::Broken { .. } | Lookup::Absent => None,
+        })
     }
 
     /// Every task of `plan` that is cached, as an input, by node.
@@ -286,16 +325,17 @@ impl Workflow {
                 let material = self.material(n, &digests);
                 let key = material.key();
                 let stage_name = self.graph.stage_name(n);
-                let artifact = self.store.get(&key)?;
-                let (state, digest) = if force.contains(stage_name) {
-                    (
+                let artifact = self.store.lookup(&key, self.integrity)?;
+                let (state, digest) = match artifact {
+                    _ if force.contains(stage_name) => (
                         TaskState::Run(format!("forced (--force {stage_name})")),
                         None,
-                    )
-                } else if let Some(a) = artifact {
-                    (TaskState::Cached, Some(a.manifest.digest))
-                } else {
-                    (TaskState::Run(self.why_not_cached(n, &material)), None)
+                    ),
+                    Lookup::Whole(a) => (TaskState::Cached, Some(a.manifest.digest)),
+                    Lookup::Broken { problems, .. } => {
+                        (TaskState::Run(broken_reason(&problems)), None)
+                    }
+                    Lookup::Absent => (TaskState::Run(self.why_not_cached(n, &material)), None),
                 };
                 PlannedTask {
                     node: n,

@@ -52,13 +52,8 @@ fn workflow(dir: &std::path::Path) -> Workflow {
     registry.add_stage(Fragile);
     let pipeline = Pipeline::load(&file, &[], &registry).unwrap();
     let graph = TaskGraph::build(&pipeline, &registry).unwrap();
-    Workflow {
-        pipeline,
-        graph,
-        registry,
-        store: Store::open(dir.join("cache")).unwrap(),
-        device: Default::default(),
-    }
+    let store = Store::open(dir.join("cache")).unwrap();
+    Workflow::new(pipeline, graph, registry, store, Default::default())
 }
 
 fn run(wf: Arc<Workflow>, keep_going: bool) -> covflow_engine::RunReport {
