@@ -138,11 +138,16 @@ fn check_stages(wf: &covflow_engine::Workflow, names: &[String]) -> Result<(), F
     Ok(())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `f` to completion on a fresh runtime, then leaves without waiting for blocking threads:
+/// a task abandoned after a signal must not keep the process alive.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime")
+        .expect("tokio runtime");
+    let out = rt.block_on(f);
+    rt.shutdown_background();
+    out
 }
 
 pub fn run(a: RunArgs) -> Result<(), Failure> {
@@ -191,13 +196,10 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             wait: !a.no_wait,
             poll: std::time::Duration::from_millis(500),
         };
-        let (report, jobs) =
-            runtime()
-                .block_on(run_slurm(wf.clone(), opts))
-                .map_err(|e| match e {
-                    SlurmError::Selection(e) => run_error(e),
-                    other => Failure::Failed(other.to_string()),
-                })?;
+        let (report, jobs) = block_on(run_slurm(wf.clone(), opts)).map_err(|e| match e {
+            SlurmError::Selection(e) => run_error(e),
+            other => Failure::Failed(other.to_string()),
+        })?;
         for j in &jobs {
             eprintln!(
                 "covflow: submitted {} task(s) of `{}` as SLURM job {} (logs: {})",
@@ -218,9 +220,8 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         }
         return finish(&report, a.json);
     }
-    let report = runtime()
-        .block_on(run_local(wf.clone(), opts, CancelToken::default()))
-        .map_err(run_error)?;
+    let report =
+        block_on(run_local(wf.clone(), opts, CancelToken::default())).map_err(run_error)?;
     finish(&report, a.json)
 }
 
@@ -249,7 +250,12 @@ fn finish(report: &RunReport, json: bool) -> Result<(), Failure> {
         .filter(|t| t.state == Outcome::Failed)
         .collect();
     if report.cancelled {
-        return Err(Failure::Failed("cancelled (Ctrl-C)".into()));
+        let signal = report.stopped_by.as_deref().unwrap_or("a signal");
+        return Err(Failure::Failed(format!(
+            "stopped by {signal}: {} running task(s) cancelled, {} not started; what finished is cached: run again to resume",
+            report.count(Outcome::Failed),
+            report.count(Outcome::Skipped)
+        )));
     }
     if failed.is_empty() {
         return Ok(());
@@ -442,8 +448,25 @@ fn stage_run(args: &PipelineArgs, inv: &StageInvocation, json: bool) -> Result<(
             .to_string(),
         ));
     }
+    // A SLURM job gets SIGTERM at its time limit or on `scancel`: cancel the task as a run
+    // would, and leave within the grace period.
     let cancel = CancelToken::default();
-    let result = run_task(&wf, node, &inputs, inv.force, 0, &cancel);
+    let wf = std::sync::Arc::new(wf);
+    let (wf2, cancel2, force) = (wf.clone(), cancel.clone(), inv.force);
+    let result = block_on(async move {
+        let mut task =
+            tokio::task::spawn_blocking(move || run_task(&wf2, node, &inputs, force, 0, &cancel2));
+        let stopped = tokio::select! {
+            done = &mut task => return done.map_err(|e| e.to_string()),
+            signal = covflow_engine::stop_signal() => signal,
+        };
+        cancel.cancel();
+        match tokio::time::timeout(covflow_engine::GRACE, task).await {
+            Ok(done) => done.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("stopped by {stopped}")),
+        }
+    })
+    .map_err(|e| Failure::Failed(format!("task {}: {e}", wf.graph.label(node))))?;
     match result {
         Ok((outcome, material, up)) => {
             if json {

@@ -52,8 +52,10 @@ pub struct TaskReport {
 pub struct RunReport {
     /// Every selected task, in dependency order.
     pub tasks: Vec<TaskReport>,
-    /// Whether the run was cancelled (Ctrl-C).
+    /// Whether the run was cancelled (by a signal).
     pub cancelled: bool,
+    /// The signal that stopped it (`SIGTERM`, …).
+    pub stopped_by: Option<String>,
 }
 
 impl RunReport {
@@ -70,6 +72,7 @@ impl RunReport {
             "failed": self.count(Outcome::Failed),
             "skipped": self.count(Outcome::Skipped),
             "cancelled": self.cancelled,
+            "signal": self.stopped_by,
             "tasks": self.tasks.iter().map(|t| {
                 let mut task = json!({
                     "stage": t.stage,
@@ -544,7 +547,10 @@ pub async fn run_local(
     let mut in_flight = std::collections::HashMap::new();
     let (mut running, mut gpu_used, mut cpu_used) = (0usize, 0u32, 0u32);
     let mut stopping = false;
-    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    let mut stop = Box::pin(crate::signals::stop_signal());
+    let mut stopped_by = None;
+    // Once cancelled: when the tasks still running are abandoned.
+    let mut give_up: Option<tokio::time::Instant> = None;
 
     let release = |n: NodeIndex, status: &mut Vec<Status>, ready: &mut VecDeque<NodeIndex>| {
         for d in g.graph.neighbors_directed(n, petgraph::Direction::Outgoing) {
@@ -661,10 +667,27 @@ pub async fn run_local(
                     }
                 }
             }
-            _ = &mut ctrl_c, if !cancel.is_cancelled() => {
-                tracing::warn!("interrupted: cancelling running tasks");
+            signal = &mut stop, if stopped_by.is_none() => {
+                tracing::warn!("{signal}: cancelling {running} running task(s)");
+                stopped_by = Some(signal.to_string());
                 cancel.cancel();
                 stopping = true;
+                give_up = Some(tokio::time::Instant::now() + crate::signals::GRACE);
+            }
+            _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
+                // Tasks that do not stop in time are left to die with the process; they leave
+                // nothing in the cache but a staging folder the next run removes.
+                for (n, _, _) in in_flight.values() {
+                    outcomes[n.index()] = Some(TaskReport {
+                        stage: g.stage_name(*n).to_string(),
+                        item: g.item_id(*n).map(str::to_string),
+                        state: Outcome::Failed,
+                        key: None,
+                        error: Some(format!("cancelled ({}), still running after {} s: abandoned", stopped_by.as_deref().unwrap_or("signal"), crate::signals::GRACE.as_secs())),
+                        log_tail: None,
+                    });
+                }
+                break;
             }
         }
     }
@@ -673,6 +696,7 @@ pub async fn run_local(
     let mut report = RunReport {
         tasks: Vec::new(),
         cancelled: cancel.is_cancelled(),
+        stopped_by,
     };
     for &n in &g.order {
         if !selected[n.index()] {

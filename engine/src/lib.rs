@@ -26,6 +26,7 @@ mod invocation;
 mod params;
 mod plan;
 mod registry;
+mod signals;
 mod slurm;
 mod spec;
 mod stage;
@@ -43,6 +44,7 @@ pub use params::{DynDataset, DynStage, ParamDoc, ParamError, param_docs, params_
 pub use petgraph::graph::NodeIndex;
 pub use plan::{InputRef, KeyMaterial, PlannedTask, TaskState, Workflow};
 pub use registry::Registry;
+pub use signals::{GRACE, stop_signal};
 pub use slurm::{SlurmError, SlurmOptions, SubmittedJob, run_slurm};
 pub use spec::{DatasetDecl, Pipeline, Resources, StageDecl};
 pub use stage::{

@@ -262,12 +262,12 @@ async fn submit(
     Ok(jobs)
 }
 
-/// Polls `squeue` until every job has left it; Ctrl-C cancels them. Returns whether it was
-/// cancelled.
-async fn wait_for(jobs: &[SubmittedJob], poll: Duration) -> bool {
-    let mut cancelled = false;
+/// Polls `squeue` until every job has left it; SIGINT, SIGTERM or SIGHUP cancels them. Returns
+/// the signal that did.
+async fn wait_for(jobs: &[SubmittedJob], poll: Duration) -> Option<&'static str> {
+    let mut cancelled = None;
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    let mut stop = Box::pin(crate::signals::stop_signal());
     loop {
         let out = command(
             "squeue",
@@ -299,10 +299,10 @@ async fn wait_for(jobs: &[SubmittedJob], poll: Duration) -> bool {
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
-            _ = &mut ctrl_c => {
-                tracing::warn!("interrupted: cancelling the submitted jobs");
+            signal = &mut stop => {
+                tracing::warn!("{signal}: cancelling the submitted jobs");
                 cancel_all(jobs).await;
-                cancelled = true;
+                cancelled = Some(signal);
                 break;
             }
         }
@@ -346,7 +346,10 @@ pub async fn run_slurm(
     let jobs = submit(&wf, &opts, &dir, &to_run).await?;
     let g = &wf.graph;
 
-    let cancelled = opts.wait && !jobs.is_empty() && wait_for(&jobs, opts.poll).await;
+    let stopped_by = match opts.wait && !jobs.is_empty() {
+        true => wait_for(&jobs, opts.poll).await,
+        false => None,
+    };
 
     // The outcome, read from the cache: a submitted task succeeded iff its artifact is there now.
     let after: Option<Vec<_>> = if opts.wait {
@@ -361,7 +364,8 @@ pub async fn run_slurm(
     };
     let mut report = RunReport {
         tasks: Vec::new(),
-        cancelled,
+        cancelled: stopped_by.is_some(),
+        stopped_by: stopped_by.map(str::to_string),
     };
     let log_of = |n: NodeIndex| -> Option<PathBuf> {
         let job = jobs.iter().find(|j| j.tasks.contains(&n))?;
