@@ -208,6 +208,13 @@ impl Pipeline {
             }
         }
 
+        if !valid_name(&raw.name) {
+            return Err(bad_name(
+                at(path, &source, &["name"]),
+                "pipeline",
+                &raw.name,
+            ));
+        }
         let pipeline = Pipeline {
             name: raw.name,
             path: path.to_path_buf(),
@@ -500,12 +507,31 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> SpecError {
     .help(help)
 }
 
+/// Whether a YAML value holds `.nan` or `.inf` anywhere (JSON has neither: they would silently
+/// become null).
+fn non_finite(v: &serde_yaml::Value) -> bool {
+    match v {
+        serde_yaml::Value::Number(n) => n.as_f64().is_some_and(|f| !f.is_finite()),
+        serde_yaml::Value::Sequence(s) => s.iter().any(non_finite),
+        serde_yaml::Value::Mapping(m) => m.values().any(non_finite),
+        serde_yaml::Value::Tagged(t) => non_finite(&t.value),
+        _ => false,
+    }
+}
+
 fn to_json(
     path: &Path,
     source: &str,
     key: &[&str],
     v: &serde_yaml::Value,
 ) -> Result<Json, SpecError> {
+    if non_finite(v) {
+        return Err(SpecError::new(
+            at(path, source, key),
+            "`.nan` and `.inf` are not values covflow can use",
+        )
+        .help("write a finite number, or null where a parameter allows it"));
+    }
     serde_json::to_value(v).map_err(|e| {
         SpecError::new(at(path, source, key), format!("unsupported value: {e}"))
             .help("mapping keys must be strings; YAML tags are not supported")

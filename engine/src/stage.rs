@@ -44,6 +44,8 @@ impl Item {
 pub fn valid_item_id(id: &str) -> bool {
     !id.is_empty()
         && !id.starts_with('.')
+        // Never read as an option by a command it is passed to.
+        && !id.starts_with('-')
         && id.len() <= 200
         && id
             .chars()

@@ -29,6 +29,21 @@ pub enum VolumeError {
         /// What failed.
         message: String,
     },
+    /// A header field out of its range: reading on would allocate absurdly, divide by zero or
+    /// read outside the file.
+    #[error(
+        "{path}: header field `{field}` is {value}: {why}\n  help: the file is damaged or not a NIfTI-1 volume; re-export it from the scanner or the viewer"
+    )]
+    BadHeader {
+        /// The file.
+        path: PathBuf,
+        /// The field (`pixdim[1]`, `vox_offset`, …).
+        field: String,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        why: String,
+    },
     /// A volume that is not 3-D.
     #[error("{path}: expected a 3-D volume, found {dims} dimensions ({shape:?})")]
     NotThreeD {
@@ -87,6 +102,108 @@ fn effective_scaling(header: &NiftiHeader) -> (f32, f32) {
     } else {
         (1.0, 0.0)
     }
+}
+
+/// The most voxels covflow reads from one file: 2^31 (8 GiB as float32), far above any CT.
+pub const MAX_VOXELS: u64 = 1 << 31;
+
+/// Reads and checks a NIfTI-1 header: the fields that decide what is allocated and read
+/// (`sizeof_hdr`, `dim`, `pixdim`, `vox_offset`, the affine) must be in range, so that a damaged
+/// file is an error naming the field, not a crash or a volume of NaN spacing.
+pub fn read_header(path: &Path) -> Result<NiftiHeader, VolumeError> {
+    let h = NiftiHeader::from_file(path).map_err(nifti_err(path))?;
+    let bad = |field: &str, value: String, why: &str| VolumeError::BadHeader {
+        path: path.to_path_buf(),
+        field: field.into(),
+        value,
+        why: why.into(),
+    };
+    if h.sizeof_hdr != 348 {
+        return Err(bad(
+            "sizeof_hdr",
+            h.sizeof_hdr.to_string(),
+            "must be 348 (NIfTI-1)",
+        ));
+    }
+    let rank = h.dim[0];
+    if !(1..=7).contains(&rank) {
+        return Err(bad("dim[0]", rank.to_string(), "must be 1 to 7 dimensions"));
+    }
+    let mut voxels: u64 = 1;
+    for i in 1..=rank as usize {
+        if h.dim[i] < 1 {
+            return Err(bad(
+                &format!("dim[{i}]"),
+                h.dim[i].to_string(),
+                "must be at least 1",
+            ));
+        }
+        voxels = voxels.saturating_mul(h.dim[i] as u64);
+    }
+    if voxels > MAX_VOXELS {
+        return Err(bad(
+            "dim",
+            format!("{:?}", &h.dim[1..=rank as usize]),
+            &format!("more than {MAX_VOXELS} voxels"),
+        ));
+    }
+    for i in 1..=3 {
+        let p = h.pixdim[i];
+        // Voxels from a micrometre to a metre; zero or NaN would make every later size NaN.
+        if !(p.is_finite() && (1e-3..=1e3).contains(&p.abs())) {
+            return Err(bad(
+                &format!("pixdim[{i}]"),
+                p.to_string(),
+                "must be a voxel size between 0.001 and 1000 mm",
+            ));
+        }
+    }
+    // A `.hdr` has its voxels in a separate `.img` (offset 0 there); a `.nii` holds both.
+    let min_offset = if path.extension().is_some_and(|e| e == "hdr") {
+        0.0
+    } else {
+        348.0
+    };
+    if !(h.vox_offset.is_finite() && h.vox_offset >= min_offset && h.vox_offset < 1e9) {
+        return Err(bad(
+            "vox_offset",
+            h.vox_offset.to_string(),
+            "must be where the voxels start: 352 or more, within the file",
+        ));
+    }
+    let gzipped = path.extension().is_some_and(|e| e == "gz");
+    if !gzipped && let Ok(meta) = std::fs::metadata(path) {
+        let bytes = voxels.saturating_mul((h.bitpix.max(8) / 8) as u64);
+        if h.vox_offset as u64 + bytes > meta.len() {
+            return Err(bad(
+                "vox_offset",
+                h.vox_offset.to_string(),
+                &format!(
+                    "the voxels ({bytes} bytes from there) run past the end of the file ({} bytes)",
+                    meta.len()
+                ),
+            ));
+        }
+    }
+    let affine_fields = [h.srow_x, h.srow_y, h.srow_z].concat();
+    let quatern = [
+        h.quatern_b,
+        h.quatern_c,
+        h.quatern_d,
+        h.quatern_x,
+        h.quatern_y,
+        h.quatern_z,
+    ];
+    if (h.sform_code > 0 && affine_fields.iter().any(|v| !v.is_finite()))
+        || (h.qform_code > 0 && quatern.iter().any(|v| !v.is_finite()))
+    {
+        return Err(bad(
+            "srow/quatern",
+            "not finite".into(),
+            "the voxel-to-world affine must be finite",
+        ));
+    }
+    Ok(h)
 }
 
 /// The voxel-to-world affine a header declares, chosen as the NIfTI standard and nibabel do:
@@ -227,6 +344,8 @@ impl Volume {
 
     /// Reads a volume and the header facts `inspect` shows.
     pub fn read_with_info(path: &Path) -> Result<(Self, VolumeInfo), VolumeError> {
+        // The header alone first: its fields decide how much is allocated and read.
+        read_header(path)?;
         let object = ReaderOptions::new()
             .read_file(path)
             .map_err(nifti_err(path))?;

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use covflow_engine::{DatasetSource, GlobSource, GlobSpec, Item, valid_item_id};
 
 fn check_header(path: &Path) -> Result<(), String> {
-    nifti::NiftiHeader::from_file(path)
+    covflow_imaging::volume::read_header(path)
         .map(|_| ())
-        .map_err(|e| format!("{}: not a readable NIfTI file ({e})", path.display()))
+        .map_err(|e| e.to_string())
 }
 
 fn digest_of(paths: &[&Path]) -> Result<String, String> {

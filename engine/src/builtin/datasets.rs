@@ -12,7 +12,7 @@ fn check_ids(items: &[Item]) -> Result<(), String> {
     for it in items {
         if !valid_item_id(&it.id) {
             return Err(format!(
-                "item id `{}` is not allowed: use letters, digits, `.`, `_`, `-`, not starting with `.`",
+                "item id `{}` is not allowed: use letters, digits, `.`, `_`, `-`, not starting with `.` or `-`",
                 it.id
             ));
         }
@@ -103,6 +103,12 @@ impl DatasetSource for GlobSource {
             let mut attrs = BTreeMap::new();
             attrs.insert("path".to_string(), p.to_string_lossy().into_owned());
             items.push(Item { id, digest, attrs });
+        }
+        if items.is_empty() {
+            return Err(format!(
+                "no file matches `{}`\n  help: the pattern is relative to the pipeline file's folder",
+                full.display()
+            ));
         }
         check_ids(&items)?;
         Ok(items)

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
+use crate::invocation::shell_quote;
 use crate::params::ParamError;
 use crate::spec::StageDecl;
 use crate::stage::{Stage, StageError, TaskContext};
@@ -209,16 +210,17 @@ impl Stage for ExecStage {
                     Some(_) => cmd.push_str(&t[path_suffix_len(t)..]),
                     None => cmd.push_str(t),
                 },
-                Piece::Out => cmd.push_str(&ctx.out_dir.to_string_lossy()),
-                Piece::Work => cmd.push_str(&ctx.work_dir.to_string_lossy()),
-                Piece::Item => cmd.push_str(ctx.item.map(|i| i.id.as_str()).unwrap_or("")),
+                // Every value put into the command is one shell word, whatever it holds.
+                Piece::Out => cmd.push_str(&shell_quote(&ctx.out_dir.to_string_lossy())),
+                Piece::Work => cmd.push_str(&shell_quote(&ctx.work_dir.to_string_lossy())),
+                Piece::Item => cmd.push_str(&shell_quote(ctx.item.map_or("", |i| i.id.as_str()))),
                 Piece::ItemAttr(a) => {
                     let item = ctx.item.ok_or("no item")?;
                     let v = item
                         .attrs
                         .get(a)
                         .ok_or_else(|| format!("item `{}` has no attribute `{a}`", item.id))?;
-                    cmd.push_str(v);
+                    cmd.push_str(&shell_quote(v));
                 }
                 Piece::In(s) => {
                     // `{in.s}/file.txt` over a gathered fan-out means every item's file.
@@ -228,7 +230,7 @@ impl Stage for ExecStage {
                     };
                     let dirs: Vec<String> = ctx
                         .inputs_of(s)
-                        .map(|i| format!("{}{suffix}", i.dir.to_string_lossy()))
+                        .map(|i| shell_quote(&format!("{}{suffix}", i.dir.to_string_lossy())))
                         .collect();
                     cmd.push_str(&dirs.join(" "));
                     carry = Some(suffix.to_string());
@@ -242,7 +244,7 @@ impl Stage for ExecStage {
                         .collect();
                     std::fs::write(&list, dirs.join("\n") + "\n")
                         .map_err(|e| format!("{}: {e}", list.display()))?;
-                    cmd.push_str(&list.to_string_lossy());
+                    cmd.push_str(&shell_quote(&list.to_string_lossy()));
                 }
             }
         }
