@@ -109,3 +109,17 @@ fn damaged_nifti_headers_name_the_field() {
         );
     }
 }
+
+#[test]
+fn a_spacing_that_would_exhaust_memory_fails_the_task_not_the_machine() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: m\ndatasets:\n  s: {phantom: {count: 1}}\nstages:\n  p: {uses: phantom, foreach: s}\n  g: {uses: resample, foreach: p, with: {spacing: [0.001, 0.001, 0.001]}}\n",
+    );
+    let out = s.run(&["run", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("more than 268435456"), "{err}");
+    assert!(err.contains("help: choose a coarser `spacing`"), "{err}");
+}

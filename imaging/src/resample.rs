@@ -16,6 +16,10 @@ use crate::orientation::{Orientation, reorient};
 use crate::study::{CT, CtUnits, LESION, LUNG, StudyFiles};
 use crate::volume::Volume;
 
+/// The most voxels a resample makes: 2^28 (1 GiB of float32). Beyond it a typo (a spacing of
+/// 0.001 mm) would exhaust memory instead of failing.
+pub const MAX_OUTPUT_VOXELS: usize = 1 << 28;
+
 /// The HU window of the method: [−1000, 400] HU becomes [0, 1].
 pub const DEFAULT_WINDOW: (f32, f32) = (-1000.0, 400.0);
 
@@ -161,6 +165,15 @@ pub fn resample_study(
     let ct = oriented(ct);
     let (nx, ny, nz) = ct.data.dim();
     let out = grid.voxels([nx, ny, nz], ct.spacing);
+    let voxels = out.iter().try_fold(1usize, |a, &n| a.checked_mul(n));
+    if voxels.is_none_or(|v| v > MAX_OUTPUT_VOXELS) {
+        return Err(Error::Invalid(format!(
+            "{}: {:?} voxels of {:?} mm resampled as {grid:?} would be {out:?} voxels, more than {MAX_OUTPUT_VOXELS}\n  help: choose a coarser `spacing` or a `shape`",
+            study.ct.display(),
+            [nx, ny, nz],
+            ct.spacing
+        )));
+    }
     resample_volume(kernels, &ct, out, window, anti_alias).write_f32(&out_dir.join(CT))?;
     CtUnits {
         window,

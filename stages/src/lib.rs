@@ -52,7 +52,7 @@ pub fn kernels_for(device: Device) -> Result<Kernels, covflow_engine::StageError
 
 /// The largest volume a stage makes: 2^28 voxels (1 GiB of f32), beyond which a typo (an extra
 /// zero) would exhaust memory instead of failing.
-pub const MAX_VOXELS: usize = 1 << 28;
+pub const MAX_VOXELS: usize = covflow_imaging::resample::MAX_OUTPUT_VOXELS;
 
 /// Checks a `[x, y, z]` voxel count parameter: every axis at least 1, at most [`MAX_VOXELS`] in
 /// all.
