@@ -202,3 +202,39 @@ fn export_copies_whole_artifacts_outside_the_cache_with_ordinary_modes() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("all.txt"), "{}", stderr(&bad));
 }
+
+#[test]
+fn cache_gc_leaves_what_a_running_task_reads() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: reader\nstages:\n  make: {uses: exec, with: {run: 'echo data > {out}/v.txt'}}\n  read: {uses: exec, needs: [make], with: {run: 'touch reading; sleep 2; cat {in.make}/v.txt > {out}/copy.txt'}}\n",
+    );
+    s.write(
+        "other.yaml",
+        "name: other\nstages:\n  x: {uses: exec, with: {run: 'true'}}\n",
+    );
+    s.json(&["run", "p.yaml", "--until", "make"]);
+    let run = s
+        .covflow()
+        .args(["run", "p.yaml", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !s.path().join("reading").exists() {
+        assert!(started.elapsed().as_secs() < 30, "the reader never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A gc for another pipeline would remove `make`'s artifact: not while `read` reads it.
+    let gc = s.run(&["cache", "gc", "other.yaml", "--cache", ".covflow"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    let out = run.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["executed"], 1, "{report}");
+}

@@ -213,3 +213,18 @@ fn nifti_files_never_panic() {
         }
     });
 }
+
+/// Inputs that once panicked, kept as they were found.
+#[test]
+fn fuzz_regressions_are_errors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = e.path();
+        let result = catch_unwind(|| covflow_imaging::Volume::read(&path).map(|_| ()));
+        let Ok(result) = result else {
+            panic!("{}: panics", path.display());
+        };
+        let err = result.expect_err("a damaged file is an error");
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    }
+}

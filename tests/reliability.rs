@@ -123,3 +123,31 @@ fn a_spacing_that_would_exhaust_memory_fails_the_task_not_the_machine() {
     assert!(err.contains("more than 268435456"), "{err}");
     assert!(err.contains("help: choose a coarser `spacing`"), "{err}");
 }
+
+#[test]
+fn a_task_log_goes_to_a_file_and_memory_keeps_its_end() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: l\nstages:\n  loud: {uses: exec, with: {run: \"head -c 5000000 /dev/zero | tr '\\\\0' x >&2; echo >&2; echo last words >&2; exit 3\"}}\n",
+    );
+    let out = s.run(&["run", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("last words"), "{err}");
+    let record = err
+        .lines()
+        .find_map(|l| l.strip_prefix("# covflow: the whole log and the error are in "))
+        .expect("the failure record is named");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    let kept = record["log"].as_str().unwrap();
+    assert!(kept.len() <= 2 << 20, "{} bytes kept in memory", kept.len());
+    let whole = kept
+        .lines()
+        .next()
+        .and_then(|l| l.split("the whole log is in ").nth(1))
+        .expect("the kept log says where the whole one is");
+    let size = std::fs::metadata(whole).unwrap().len();
+    assert!(size > 5_000_000, "the whole log: {size} bytes");
+}

@@ -396,6 +396,15 @@ impl Store {
         Ok(KeyLock { _file: file })
     }
 
+    /// Blocks until this process shares the lock on `key` with other readers: a task reading an
+    /// artifact holds it, so that [`Store::gc`] (which needs the lock alone) leaves the artifact
+    /// in place meanwhile.
+    pub fn lock_shared(&self, key: &CacheKey) -> Result<KeyLock> {
+        let file = self.lock_file(key)?;
+        file.lock_shared().map_err(io_err(&self.lock_path(key)))?;
+        Ok(KeyLock { _file: file })
+    }
+
     /// Takes the lock on `key` if nobody holds it.
     pub fn try_lock(&self, key: &CacheKey) -> Result<Option<KeyLock>> {
         let file = self.lock_file(key)?;

@@ -266,10 +266,37 @@ pub fn run_task(
     let t = &wf.graph.graph[n];
     let decl = &wf.pipeline.stages[t.stage];
     let stage = wf.registry.stage(&decl.uses).expect("checked at load");
+    // The inputs stay in the cache while the task reads them (`cache gc` leaves artifacts whose
+    // lock is held), and must still be there now: a gc may have run since they were planned.
+    let mut _reading = Vec::with_capacity(inputs.len());
+    for (&i, up) in t.inputs.iter().zip(inputs) {
+        _reading.push(
+            store
+                .lock_shared(&up.key)
+                .map_err(|e| fail(e.to_string(), &log))?,
+        );
+        if !up.dir.is_dir() {
+            return Err(fail(
+                format!(
+                    "its input {} left the cache during the run (`covflow cache gc`?)\n  help: run again: the input is recomputed",
+                    wf.graph.label(i)
+                ),
+                &log,
+            ));
+        }
+    }
     let task_inputs = stage_inputs(wf, n, inputs);
     let work = store
         .work_dir(&key)
         .map_err(|e| fail(e.to_string(), &log))?;
+    // From here on the log goes to a file as it comes; memory keeps its end.
+    let log = match TaskLog::to_file(&work.join("task.log")) {
+        Ok(file_log) => {
+            file_log.append(&log.contents());
+            file_log
+        }
+        Err(_) => log,
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;

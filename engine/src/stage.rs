@@ -115,26 +115,85 @@ pub struct Input {
     pub dir: PathBuf,
 }
 
-/// A task's log: kept in its manifest and shown when it fails.
+/// A task's log: written to a file as it comes (when it has one), with its last
+/// [`TaskLog::TAIL_BYTES`] kept in memory for the manifest and for the report when it fails, so
+/// that a task printing gigabytes costs disk, not memory.
 #[derive(Clone, Debug, Default)]
-pub struct TaskLog(Arc<Mutex<String>>);
+pub struct TaskLog(Arc<Mutex<LogState>>);
+
+#[derive(Debug, Default)]
+struct LogState {
+    /// The end of the log.
+    tail: String,
+    /// Bytes dropped from the front of `tail`.
+    dropped: u64,
+    /// The whole log, when there is a file.
+    file: Option<(PathBuf, std::fs::File)>,
+}
 
 impl TaskLog {
+    /// How much of the log is kept in memory: the end of it.
+    pub const TAIL_BYTES: usize = 1 << 20;
+
+    /// A log written to `path` as it comes (created or truncated).
+    pub fn to_file(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::File::create(path)?;
+        Ok(Self(Arc::new(Mutex::new(LogState {
+            file: Some((path.to_path_buf(), file)),
+            ..LogState::default()
+        }))))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Appends one line.
     pub fn line(&self, s: impl AsRef<str>) {
-        let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        log.push_str(s.as_ref());
-        log.push('\n');
+        self.append(&format!("{}\n", s.as_ref()));
     }
 
     /// Appends raw text.
     pub fn append(&self, s: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_str(s);
+        use std::io::Write;
+        let mut st = self.state();
+        if let Some((_, f)) = &mut st.file {
+            // A full disk loses the file's copy, not the task: the tail is still kept.
+            let _ = f.write_all(s.as_bytes());
+        }
+        st.tail.push_str(s);
+        if st.tail.len() > 2 * Self::TAIL_BYTES {
+            let mut cut = st.tail.len() - Self::TAIL_BYTES;
+            while !st.tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            st.tail.drain(..cut);
+            st.dropped += cut as u64;
+        }
     }
 
-    /// The whole log so far.
+    /// The log as kept in memory: all of it, or its end after a line saying how much came
+    /// before and where the whole log is.
+    ///
+    /// ```
+    /// let log = covflow_engine::TaskLog::default();
+    /// log.line("hello");
+    /// assert_eq!(log.contents(), "hello\n");
+    /// ```
     pub fn contents(&self) -> String {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let st = self.state();
+        if st.dropped == 0 {
+            return st.tail.clone();
+        }
+        let whole = st
+            .file
+            .as_ref()
+            .map(|(p, _)| format!("; the whole log is in {}", p.display()))
+            .unwrap_or_default();
+        format!(
+            "# covflow: {} earlier bytes not kept here{whole}\n{}",
+            st.dropped, st.tail
+        )
     }
 
     /// The last `n` lines, each cut to 500 characters (a command line can be huge).

@@ -355,6 +355,28 @@ impl Volume {
         header.scl_slope = slope;
         header.scl_inter = inter;
         let raw = object.into_volume().into_raw_data();
+        // The nifti crate panics when the data's length disagrees with the header (found by
+        // fuzzing): check it here.
+        let datatype = header.data_type().map_err(nifti_err(path))?;
+        let voxels: usize = header.dim[1..=header.dim[0].clamp(1, 7) as usize]
+            .iter()
+            .map(|&d| d as usize)
+            .product();
+        let expected = voxels.saturating_mul(datatype.size_of());
+        if raw.len() != expected {
+            return Err(VolumeError::BadHeader {
+                path: path.to_path_buf(),
+                field: "dim/datatype".into(),
+                value: format!(
+                    "{:?} of {datatype:?}",
+                    &header.dim[1..=header.dim[0].clamp(1, 7) as usize]
+                ),
+                why: format!(
+                    "that is {expected} bytes of voxels, but the file holds {}",
+                    raw.len()
+                ),
+            });
+        }
         let volume = InMemNiftiVolume::from_raw_data(&header, raw).map_err(nifti_err(path))?;
         let array = volume.into_ndarray::<f32>().map_err(nifti_err(path))?;
         let shape = array.shape().to_vec();
