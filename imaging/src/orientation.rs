@@ -192,6 +192,29 @@ pub fn reorient(volume: &Volume, target: Orientation) -> Volume {
     }
 }
 
+/// The rotation of a NIfTI quaternion `(b, c, d)` (`a` is implied, ≥ 0), as the standard's
+/// `quatern_to_mat44` computes it.
+pub(crate) fn quaternion_rotation(b: f64, c: f64, d: f64) -> [[f64; 3]; 3] {
+    let aa = (1.0 - b * b - c * c - d * d).max(0.0).sqrt();
+    [
+        [
+            aa * aa + b * b - c * c - d * d,
+            2.0 * (b * c - aa * d),
+            2.0 * (b * d + aa * c),
+        ],
+        [
+            2.0 * (b * c + aa * d),
+            aa * aa + c * c - b * b - d * d,
+            2.0 * (c * d - aa * b),
+        ],
+        [
+            2.0 * (b * d - aa * c),
+            2.0 * (c * d + aa * b),
+            aa * aa + d * d - c * c - b * b,
+        ],
+    ]
+}
+
 /// The NIfTI quaternion of an affine whose 3 × 3 part is a rotation (with an optional
 /// reflection, `qfac`) times positive scales: `(b, c, d, qfac)`, as the standard's
 /// `mat44_to_quatern` computes it; `None` when the columns are not orthogonal.
@@ -310,24 +333,7 @@ mod tests {
         for code in ["LAS", "RAS", "LPS", "SAR", "PIL"] {
             let a = reorient(&v, code.parse().unwrap()).affine;
             let (b, c, d, qfac) = quaternion(&a).unwrap();
-            let aa = (1.0 - b * b - c * c - d * d).max(0.0).sqrt();
-            let r = [
-                [
-                    aa * aa + b * b - c * c - d * d,
-                    2.0 * (b * c - aa * d),
-                    2.0 * (b * d + aa * c),
-                ],
-                [
-                    2.0 * (b * c + aa * d),
-                    aa * aa + c * c - b * b - d * d,
-                    2.0 * (c * d - aa * b),
-                ],
-                [
-                    2.0 * (b * d - aa * c),
-                    2.0 * (c * d + aa * b),
-                    aa * aa + d * d - c * c - b * b,
-                ],
-            ];
+            let r = quaternion_rotation(b, c, d);
             for i in 0..3 {
                 for j in 0..3 {
                     let scale = (0..3).map(|k| a[k][j].powi(2)).sum::<f64>().sqrt();

@@ -218,25 +218,11 @@ pub fn header_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
             }
         }
     } else if h.qform_code > 0 {
-        let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
-        let aa = (1.0 - b * b - c * c - d * d).max(0.0).sqrt();
-        let r = [
-            [
-                aa * aa + b * b - c * c - d * d,
-                2.0 * (b * c - aa * d),
-                2.0 * (b * d + aa * c),
-            ],
-            [
-                2.0 * (b * c + aa * d),
-                aa * aa + c * c - b * b - d * d,
-                2.0 * (c * d - aa * b),
-            ],
-            [
-                2.0 * (b * d - aa * c),
-                2.0 * (c * d + aa * b),
-                aa * aa + d * d - c * c - b * b,
-            ],
-        ];
+        let r = crate::orientation::quaternion_rotation(
+            h.quatern_b as f64,
+            h.quatern_c as f64,
+            h.quatern_d as f64,
+        );
         let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
         let scale = [
             h.pixdim[1] as f64,
