@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod crop;
 mod error;
+mod header;
 pub mod lung;
 pub mod metrics;
 pub mod orientation;
