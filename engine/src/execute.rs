@@ -110,6 +110,17 @@ pub struct Upstream {
     pub dir: PathBuf,
 }
 
+impl Upstream {
+    /// A whole artifact as a task input: the one place a cached artifact becomes one.
+    pub fn of(artifact: &covflow_cache::Artifact) -> Self {
+        Upstream {
+            digest: artifact.manifest.digest.clone(),
+            key: artifact.key,
+            dir: artifact.data_dir(),
+        }
+    }
+}
+
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -238,14 +249,7 @@ pub fn run_task(
             .lookup(&key, wf.integrity)
             .map_err(|e| fail(e.to_string(), &log))?
         {
-            Lookup::Whole(a) => {
-                let up = Upstream {
-                    digest: a.manifest.digest.clone(),
-                    key,
-                    dir: a.data_dir(),
-                };
-                return Ok((Outcome::Cached, material, up));
-            }
+            Lookup::Whole(a) => return Ok((Outcome::Cached, material, Upstream::of(&a))),
             Lookup::Broken { problems, .. } => {
                 let why = broken_reason(&problems);
                 if wf.frozen {

@@ -247,15 +247,11 @@ impl Workflow {
     }
 
     /// The artifact of `key` as a task input, when the cache holds it whole (checked as
-    /// [`Workflow::integrity`] says): the one place a cached artifact becomes an [`Upstream`].
-    /// A broken artifact is never used: it is as if absent, and the task runs again.
+    /// [`Workflow::integrity`] says). A broken artifact is never used: it is as if absent, and
+    /// the task runs again.
     pub fn cached(&self, key: CacheKey) -> Result<Option<Upstream>, CacheError> {
         Ok(match self.store.lookup(&key, self.integrity)? {
-            Lookup::Whole(a) => Some(Upstream {
-                digest: a.manifest.digest.clone(),
-                key,
-                dir: a.data_dir(),
-            }),
+            Lookup::Whole(a) => Some(Upstream::of(&a)),
             Lookup::Broken { .. } | Lookup::Absent => None,
         })
     }
