@@ -1,11 +1,13 @@
 //! The networks covflow trains, generic over the burn backend: the TransUNet with its layers
-//! (convolution, ×2 upsampling on our kernels) and losses, the backend extension
-//! ([`ModelBackend`]) that registers our kernels as burn autodiff ops, and the training loops.
+//! (convolution, ×2 upsampling on our kernels) and losses, the 3D GAN's discriminator and 3-D
+//! max-pooling, the backend extension ([`ModelBackend`]) that registers our kernels as burn
+//! autodiff ops, and the training loops.
 //! No engine here: stages call into this crate.
 
 mod backend;
 mod conv;
 mod conv_check;
+mod gan;
 mod losses;
 mod train;
 mod transunet;
@@ -14,6 +16,7 @@ mod upsample;
 pub use backend::{ModelBackend, conv2d_implicit_gemm};
 pub use conv::{ConvImpl, ConvLayer, conv2d_im2col};
 pub use conv_check::{ConvCheck, ConvShape, check_conv, transunet_conv_shapes};
+pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d};
 pub use losses::{contrastive, mse, sensitivity_bce};
 pub use train::{LossConfig, SegmentationLearner, TrainingBench, bench_training};
 pub use transunet::{TransUNet, TransUNetConfig, TransUNetOutput, trainable_params};
