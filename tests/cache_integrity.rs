@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{Scratch, states, stderr};
+use common::{Scratch, find_file, states, stderr};
 
 const PIPELINE: &str = r#"
 name: integrity
@@ -24,20 +24,6 @@ stages:
     with: {run: "cat {in.make}/value.txt > {out}/all.txt"}
 "#;
 
-fn find(dir: PathBuf, name: &str) -> Option<PathBuf> {
-    for e in std::fs::read_dir(&dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = find(p, name) {
-                return Some(f);
-            }
-        } else if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-    }
-    None
-}
-
 fn writable(path: &Path) {
     let mut perms = std::fs::metadata(path).unwrap().permissions();
     perms.set_mode(0o644);
@@ -50,7 +36,7 @@ fn ran() -> (Scratch, PathBuf) {
     s.write("p.yaml", PIPELINE);
     let first = s.json(&["run", "p.yaml"]);
     assert!(states(&first).iter().all(|t| t.2 == "executed"), "{first}");
-    let all = find(s.path().join(".covflow/objects"), "all.txt").unwrap();
+    let all = find_file(s.path().join(".covflow/objects"), "all.txt").unwrap();
     (s, all)
 }
 

@@ -5,7 +5,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Scratch, states, stderr};
+use common::{Scratch, find_file, states, stderr};
 
 /// A fan-out stage, a per-item stage after it, a gather, and an independent stage.
 const PIPELINE: &str = r#"
@@ -59,24 +59,10 @@ fn second_run_executes_nothing() {
     };
     assert_eq!(keys(&first), keys(&second));
     let all = std::fs::read_to_string(
-        walk_find(s.path().join(".covflow"), "all.txt").expect("gather output"),
+        find_file(s.path().join(".covflow"), "all.txt").expect("gather output"),
     )
     .unwrap();
     assert_eq!(all, "c1+10\nc2+10\nc3+10\nc4+10\n");
-}
-
-fn walk_find(dir: std::path::PathBuf, name: &str) -> Option<std::path::PathBuf> {
-    for e in std::fs::read_dir(&dir).ok()?.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if let Some(f) = walk_find(p, name) {
-                return Some(f);
-            }
-        } else if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
-        }
-    }
-    None
 }
 
 #[test]
@@ -215,7 +201,7 @@ fn a_flipped_byte_makes_audit_fail_naming_the_file() {
     s.json(&["run", "p.yaml"]);
     let ok = s.run(&["audit", "p.yaml"]);
     assert!(ok.status.success(), "{}", stderr(&ok));
-    let target = walk_find(s.path().join(".covflow/objects"), "all.txt").unwrap();
+    let target = find_file(s.path().join(".covflow/objects"), "all.txt").unwrap();
     let mut perms = std::fs::metadata(&target).unwrap().permissions();
     #[allow(clippy::permissions_set_readonly_false)]
     perms.set_readonly(false);

@@ -72,3 +72,18 @@ pub fn states(report: &serde_json::Value) -> Vec<(String, Option<String>, String
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The first file named `name` below `dir`, depth first.
+pub fn find_file(dir: PathBuf, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(&dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
