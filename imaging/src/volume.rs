@@ -452,15 +452,17 @@ mod tests {
 
     #[test]
     fn qform_only_and_flipped_axes_give_the_right_affine() {
-        let mut h = NiftiHeader::default();
-        h.pixdim = [-1.0, 0.7, 0.8, 5.0, 0.0, 0.0, 0.0, 0.0];
-        h.qform_code = 1;
-        h.sform_code = 0;
         // 180° about z: x and y flip (LPS-like).
-        h.quatern_b = 0.0;
-        h.quatern_c = 0.0;
-        h.quatern_d = 1.0;
-        h.quatern_x = 10.0;
+        let h = NiftiHeader {
+            pixdim: [-1.0, 0.7, 0.8, 5.0, 0.0, 0.0, 0.0, 0.0],
+            qform_code: 1,
+            sform_code: 0,
+            quatern_b: 0.0,
+            quatern_c: 0.0,
+            quatern_d: 1.0,
+            quatern_x: 10.0,
+            ..NiftiHeader::default()
+        };
         let a = header_affine(&h);
         assert!((a[0][0] + 0.7).abs() < 1e-6 && (a[1][1] + 0.8).abs() < 1e-6);
         assert!((a[2][2] + 5.0).abs() < 1e-6, "qfac = -1 flips z");

@@ -60,6 +60,7 @@ mod ccl;
 mod device;
 mod morphology;
 mod ops;
+pub mod perlin;
 mod resample;
 mod upsample;
 

@@ -9,12 +9,13 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::conv::{Conv3d, Conv3dConfig};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig3d};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
+
+use crate::{Conv3dLayer, ConvImpl};
 
 /// 2 × 2 × 2 max-pooling with stride 2 of `[N, C, D, H, W]`, odd sizes floored (Keras' `valid`).
 ///
@@ -47,14 +48,17 @@ pub struct DiscriminatorConfig {
     /// Dropout after each dense layer.
     #[config(default = 0.5)]
     pub dropout: f64,
+    /// How the convolutions compute: im2col on the CPU, burn's kernels on GPUs.
+    #[config(default = "ConvImpl::Im2col")]
+    pub conv: ConvImpl,
 }
 
 /// Real healthy volume or generated one: `[N, 1, D, H, W]` → `[N, 2]` class probabilities.
 #[derive(Module, Debug)]
 pub struct Discriminator<B: Backend> {
-    conv1: Conv3d<B>,
-    conv2: Conv3d<B>,
-    conv3: Conv3d<B>,
+    conv1: Conv3dLayer<B>,
+    conv2: Conv3dLayer<B>,
+    conv3: Conv3dLayer<B>,
     dense1: Linear<B>,
     dense2: Linear<B>,
     dense3: Linear<B>,
@@ -67,11 +71,7 @@ impl DiscriminatorConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Discriminator<B> {
         let [c1, c2, c3] = self.channels;
         let [d1, d2, d3] = self.dense;
-        let conv = |i, o| {
-            Conv3dConfig::new([i, o], [3, 3, 3])
-                .with_padding(PaddingConfig3d::Valid)
-                .init(device)
-        };
+        let conv = |i, o| Conv3dLayer::new([i, o], 3, false, self.conv, device);
         Discriminator {
             conv1: conv(1, c1),
             conv2: conv(c1, c2),

@@ -6,8 +6,11 @@
 
 mod backend;
 mod conv;
+mod conv3d;
 mod conv_check;
 mod gan;
+mod gan_train;
+mod generator;
 mod losses;
 mod train;
 mod transunet;
@@ -16,7 +19,13 @@ mod upsample;
 pub use backend::{ModelBackend, conv2d_implicit_gemm};
 pub use conv::{ConvImpl, ConvLayer, conv2d_im2col};
 pub use conv_check::{ConvCheck, ConvShape, check_conv, transunet_conv_shapes};
+pub use conv3d::{Conv3dLayer, Up2xLayer, conv3d_im2col, up2x_matmul};
 pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d};
+pub use gan_train::{
+    CheckpointError, GanData, GanLosses, GanRecipe, GanSample, GanTrainer, NoiseAugment, augment,
+    generator_config, heal, load_generator, save_generator,
+};
+pub use generator::{Generator, GeneratorConfig};
 pub use losses::{contrastive, mse, sensitivity_bce};
 pub use train::{LossConfig, SegmentationLearner, TrainingBench, bench_training};
 pub use transunet::{TransUNet, TransUNetConfig, TransUNetOutput, trainable_params};

@@ -1,0 +1,583 @@
+//! Training the 3D GAN (Shabani et al. 2022), with checkpoints that make a killed training
+//! resume exactly where it stopped.
+//!
+//! One iteration, as the original code does it:
+//! 1. **reconstruction**: the generator restores healthy volumes from copies with Perlin noise
+//!    painted on a quarter of their slices inside the lungs (MSE to the clean volume);
+//! 2. **discriminator**: real healthy volumes against the generator's twins of infected ones
+//!    (MSE on the 2-way softmax, targets "healthy" = `[1, 0]` and "generated" = `[0, 1]`);
+//! 3. **adversarial**: the generator's twins of infected volumes, judged by the discriminator,
+//!    pushed toward "healthy" (only the generator is updated).
+//!
+//! Every random draw of iteration `i` (batch, noise slices, Perlin tables, latent noise,
+//! dropout) comes from a generator seeded by `(seed, i)`, so a run resumed from a checkpoint
+//! draws what the uninterrupted run drew: on the CPU backend the result is the same bit for bit.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use covflow_kernels::perlin::{Fractal, Permutation, fractal_slice};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig};
+
+/// The Perlin-noise augmentation of step 1 (the original's values are the defaults).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoiseAugment {
+    /// Fraction of each volume's slices that get noise (the original: 8 of 32).
+    pub slice_fraction: f64,
+    /// Lattice spacing range in pixels at 128 pixels across, scaled with the grid (10–30).
+    pub scale: [f32; 2],
+    /// Octaves (10).
+    pub octaves: u32,
+    /// Persistence magnitude; its sign is drawn per slice (±0.5).
+    pub persistence: f32,
+    /// Lacunarity (2).
+    pub lacunarity: f32,
+    /// Multiplies the noise (about ±0.3 before) before it is added.
+    pub amplitude: f32,
+}
+
+impl Default for NoiseAugment {
+    fn default() -> Self {
+        Self {
+            slice_fraction: 0.25,
+            scale: [10.0, 30.0],
+            octaves: 10,
+            persistence: 0.5,
+            lacunarity: 2.0,
+            amplitude: 1.0,
+        }
+    }
+}
+
+/// What a GAN training is: models, optimiser, batch, length, seed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GanRecipe {
+    /// Filter counts × this (1 = the reference model).
+    pub width: f64,
+    /// Adam learning rate of the generator (5e-5).
+    pub lr_generator: f64,
+    /// Adam learning rate of the discriminator (1e-3).
+    pub lr_discriminator: f64,
+    /// Volumes of each class per iteration.
+    pub batch: usize,
+    /// Iterations in all.
+    pub iterations: usize,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// The augmentation.
+    pub noise: NoiseAugment,
+    /// How the convolutions compute.
+    pub conv: crate::ConvImpl,
+}
+
+/// One volume on the model's grid, `[D, H, W]` row-major, with its lung mask.
+#[derive(Clone, Debug)]
+pub struct GanSample {
+    /// Intensities in [0, 1] (the HU window).
+    pub ct: Vec<f32>,
+    /// 1 inside the lungs.
+    pub lung: Vec<f32>,
+}
+
+/// The training set: healthy and infected volumes of one shape.
+#[derive(Clone, Debug)]
+pub struct GanData {
+    /// `[D, H, W]`, each a multiple of 16.
+    pub shape: [usize; 3],
+    /// Volumes without lesions (CT-0).
+    pub healthy: Vec<GanSample>,
+    /// Volumes with lesions (CT-1 … CT-4).
+    pub infected: Vec<GanSample>,
+}
+
+/// The three losses of one iteration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GanLosses {
+    /// 1-based.
+    pub iteration: usize,
+    /// Step 1, the generator's MSE to clean healthy volumes.
+    pub reconstruction: f64,
+    /// Step 2, the discriminator's MSE.
+    pub discriminator: f64,
+    /// Step 3, the generator's adversarial MSE.
+    pub adversarial: f64,
+}
+
+/// A training in progress: both models, both optimisers, the iteration reached and the history.
+pub struct GanTrainer<B: AutodiffBackend> {
+    /// The generator.
+    pub generator: Generator<B>,
+    /// The discriminator.
+    pub discriminator: Discriminator<B>,
+    opt_g: OptimizerAdaptor<Adam, Generator<B>, B>,
+    opt_d: OptimizerAdaptor<Adam, Discriminator<B>, B>,
+    /// Iterations done.
+    pub iteration: usize,
+    /// Losses of every iteration done.
+    pub history: Vec<GanLosses>,
+    recipe: GanRecipe,
+    device: B::Device,
+}
+
+/// What a checkpoint's `state.json` holds besides the weights.
+#[derive(Serialize, Deserialize)]
+struct CheckpointState {
+    iteration: usize,
+    history: Vec<GanLosses>,
+}
+
+/// Generator configuration of a recipe.
+pub fn generator_config(recipe: &GanRecipe) -> GeneratorConfig {
+    GeneratorConfig::with_width(recipe.width).with_conv(recipe.conv)
+}
+
+impl<B: AutodiffBackend> GanTrainer<B> {
+    /// Fresh models (seeded) and optimisers.
+    pub fn new(recipe: GanRecipe, device: B::Device) -> Self {
+        B::seed(&device, recipe.seed);
+        let generator = generator_config(&recipe).init(&device);
+        let discriminator = DiscriminatorConfig::new()
+            .with_conv(recipe.conv)
+            .init(&device);
+        Self {
+            generator,
+            discriminator,
+            opt_g: AdamConfig::new().init(),
+            opt_d: AdamConfig::new().init(),
+            iteration: 0,
+            history: Vec::new(),
+            recipe,
+            device,
+        }
+    }
+
+    /// The random generator of iteration `i` (0-based).
+    fn rng(&self, i: usize) -> ChaCha8Rng {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.recipe.seed);
+        rng.set_stream(i as u64 + 1);
+        rng
+    }
+
+    /// One iteration (the three steps of the module documentation).
+    pub fn step(&mut self, data: &GanData) -> GanLosses {
+        let i = self.iteration;
+        let mut rng = self.rng(i);
+        // Dropout draws from the backend's generator.
+        B::seed(&self.device, rng.random());
+        let n = self.recipe.batch;
+        let pick = |rng: &mut ChaCha8Rng, set: &[GanSample]| -> Vec<GanSample> {
+            (0..n)
+                .map(|_| set[rng.random_range(0..set.len())].clone())
+                .collect()
+        };
+        let healthy = pick(&mut rng, &data.healthy);
+        let infected = pick(&mut rng, &data.infected);
+        let noisy: Vec<Vec<f32>> = healthy
+            .iter()
+            .map(|s| augment(s, data.shape, &self.recipe.noise, &mut rng))
+            .collect();
+        let healthy_t = self.batch(healthy.iter().map(|s| s.ct.as_slice()), data.shape);
+        let noisy_t = self.batch(noisy.iter().map(Vec::as_slice), data.shape);
+        let infected_t = self.batch(infected.iter().map(|s| s.ct.as_slice()), data.shape);
+        let real = self.targets(n, [1.0, 0.0]);
+        let fake = self.targets(n, [0.0, 1.0]);
+
+        // 1. Reconstruction.
+        let z = self.latent(&mut rng, noisy_t.dims());
+        let restored = self.generator.forward(noisy_t, z);
+        let loss_r = mse(restored, healthy_t.clone());
+        let reconstruction = scalar(&loss_r);
+        let grads = GradientsParams::from_grads(loss_r.backward(), &self.generator);
+        self.generator = self
+            .opt_g
+            .step(self.recipe.lr_generator, self.generator.clone(), grads);
+
+        // 2. Discriminator: real healthy against twins of infected volumes.
+        let z = self.latent(&mut rng, infected_t.dims());
+        let twins = self.generator.forward(infected_t.clone(), z).detach();
+        let loss_d = (mse(self.discriminator.forward(healthy_t), real.clone())
+            + mse(self.discriminator.forward(twins), fake))
+            / 2.0;
+        let discriminator = scalar(&loss_d);
+        let grads = GradientsParams::from_grads(loss_d.backward(), &self.discriminator);
+        self.discriminator = self.opt_d.step(
+            self.recipe.lr_discriminator,
+            self.discriminator.clone(),
+            grads,
+        );
+
+        // 3. Adversarial: twins toward "healthy"; only the generator learns.
+        let z = self.latent(&mut rng, infected_t.dims());
+        let twins = self.generator.forward(infected_t, z);
+        let loss_a = mse(self.discriminator.forward(twins), real);
+        let adversarial = scalar(&loss_a);
+        let grads = GradientsParams::from_grads(loss_a.backward(), &self.generator);
+        self.generator = self
+            .opt_g
+            .step(self.recipe.lr_generator, self.generator.clone(), grads);
+
+        self.iteration += 1;
+        let losses = GanLosses {
+            iteration: self.iteration,
+            reconstruction,
+            discriminator,
+            adversarial,
+        };
+        self.history.push(losses);
+        losses
+    }
+
+    fn batch<'a>(
+        &self,
+        volumes: impl Iterator<Item = &'a [f32]>,
+        [d, h, w]: [usize; 3],
+    ) -> Tensor<B, 5> {
+        let mut flat = Vec::new();
+        let mut n = 0;
+        for v in volumes {
+            flat.extend_from_slice(v);
+            n += 1;
+        }
+        Tensor::from_data(TensorData::new(flat, [n, 1, d, h, w]), &self.device)
+    }
+
+    fn targets(&self, n: usize, class: [f32; 2]) -> Tensor<B, 2> {
+        let flat: Vec<f32> = (0..n).flat_map(|_| class).collect();
+        Tensor::from_data(TensorData::new(flat, [n, 2]), &self.device)
+    }
+
+    fn latent(&self, rng: &mut ChaCha8Rng, volume: [usize; 5]) -> Tensor<B, 5> {
+        let shape = self.generator.noise_shape(volume);
+        let len = shape.iter().product();
+        let z: Vec<f32> = (0..len).map(|_| rng.random_range(-0.5..0.5)).collect();
+        Tensor::from_data(TensorData::new(z, shape), &self.device)
+    }
+
+    /// Writes a checkpoint to `dir` atomically: a new folder beside it, renamed over the old
+    /// one, so a kill at any moment leaves one whole checkpoint.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<(), CheckpointError> {
+        let fresh = sibling(dir, "new");
+        let old = sibling(dir, "old");
+        let _ = std::fs::remove_dir_all(&fresh);
+        std::fs::create_dir_all(&fresh).map_err(|e| CheckpointError::io(&fresh, e))?;
+        let rec = BinFileRecorder::<FullPrecisionSettings>::new();
+        let save = |what: &str, r: Result<(), burn::record::RecorderError>| {
+            r.map_err(|e| CheckpointError::Record(fresh.join(what), e.to_string()))
+        };
+        save(
+            "generator",
+            rec.record(
+                self.generator.clone().into_record(),
+                fresh.join("generator"),
+            ),
+        )?;
+        save(
+            "discriminator",
+            rec.record(
+                self.discriminator.clone().into_record(),
+                fresh.join("discriminator"),
+            ),
+        )?;
+        save(
+            "generator_adam",
+            rec.record(self.opt_g.to_record(), fresh.join("generator_adam")),
+        )?;
+        save(
+            "discriminator_adam",
+            rec.record(self.opt_d.to_record(), fresh.join("discriminator_adam")),
+        )?;
+        let state = CheckpointState {
+            iteration: self.iteration,
+            history: self.history.clone(),
+        };
+        let path = fresh.join("state.json");
+        std::fs::write(&path, serde_json::to_vec(&state).expect("plain data"))
+            .map_err(|e| CheckpointError::io(&path, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        if dir.exists() {
+            std::fs::rename(dir, &old).map_err(|e| CheckpointError::io(dir, e))?;
+        }
+        std::fs::rename(&fresh, dir).map_err(|e| CheckpointError::io(dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Loads the checkpoint in `dir` (or the previous one, when a kill interrupted the swap);
+    /// `Ok(false)` when there is none.
+    pub fn resume(&mut self, dir: &Path) -> Result<bool, CheckpointError> {
+        let dir = [dir.to_path_buf(), sibling(dir, "old")]
+            .into_iter()
+            .find(|d| d.join("state.json").is_file());
+        let Some(dir) = dir else { return Ok(false) };
+        let rec = BinFileRecorder::<FullPrecisionSettings>::new();
+        let load_err = |what: &str, e: burn::record::RecorderError| {
+            CheckpointError::Record(dir.join(what), e.to_string())
+        };
+        let g = rec
+            .load(dir.join("generator"), &self.device)
+            .map_err(|e| load_err("generator", e))?;
+        let d = rec
+            .load(dir.join("discriminator"), &self.device)
+            .map_err(|e| load_err("discriminator", e))?;
+        let og = rec
+            .load(dir.join("generator_adam"), &self.device)
+            .map_err(|e| load_err("generator_adam", e))?;
+        let od = rec
+            .load(dir.join("discriminator_adam"), &self.device)
+            .map_err(|e| load_err("discriminator_adam", e))?;
+        let path = dir.join("state.json");
+        let text = std::fs::read(&path).map_err(|e| CheckpointError::io(&path, e))?;
+        let state: CheckpointState = serde_json::from_slice(&text)
+            .map_err(|e| CheckpointError::Record(path.clone(), e.to_string()))?;
+        self.generator = self.generator.clone().load_record(g);
+        self.discriminator = self.discriminator.clone().load_record(d);
+        self.opt_g = std::mem::replace(&mut self.opt_g, AdamConfig::new().init()).load_record(og);
+        self.opt_d = std::mem::replace(&mut self.opt_d, AdamConfig::new().init()).load_record(od);
+        self.iteration = state.iteration;
+        self.history = state.history;
+        Ok(true)
+    }
+
+    /// The generator for inference (no autodiff).
+    pub fn inference_generator(&self) -> Generator<B::InnerBackend> {
+        self.generator.valid()
+    }
+}
+
+/// Saves trained generator weights.
+pub fn save_generator<B: Backend>(g: &Generator<B>, path: &Path) -> Result<(), CheckpointError> {
+    BinFileRecorder::<FullPrecisionSettings>::new()
+        .record(g.clone().into_record(), path.to_path_buf())
+        .map_err(|e| CheckpointError::Record(path.to_path_buf(), e.to_string()))
+}
+
+/// Loads generator weights saved by [`save_generator`] into a model of `recipe`'s shape.
+pub fn load_generator<B: Backend>(
+    recipe: &GanRecipe,
+    path: &Path,
+    device: &B::Device,
+) -> Result<Generator<B>, CheckpointError> {
+    let record = BinFileRecorder::<FullPrecisionSettings>::new()
+        .load(path.to_path_buf(), device)
+        .map_err(|e| CheckpointError::Record(path.to_path_buf(), e.to_string()))?;
+    Ok(generator_config(recipe)
+        .init::<B>(device)
+        .load_record(record))
+}
+
+/// The healthy twin of each volume: the generator at the latent noise's mean (zero), so the
+/// twin is a function of the scan alone. `[D, H, W]` volumes in, the same out.
+pub fn heal<B: Backend>(
+    generator: &Generator<B>,
+    volumes: &[&[f32]],
+    shape: [usize; 3],
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let [d, h, w] = shape;
+    let n = volumes.len();
+    let flat: Vec<f32> = volumes.iter().flat_map(|v| v.iter().copied()).collect();
+    let x = Tensor::<B, 5>::from_data(TensorData::new(flat, [n, 1, d, h, w]), device);
+    let z = Tensor::zeros(generator.noise_shape([n, 1, d, h, w]), device);
+    let y: Vec<f32> = generator
+        .forward(x, z)
+        .into_data()
+        .to_vec()
+        .expect("f32 output");
+    y.chunks(d * h * w).map(<[f32]>::to_vec).collect()
+}
+
+/// Paints Perlin noise on a random `slice_fraction` of a volume's slices, inside its lungs.
+pub fn augment(
+    sample: &GanSample,
+    [d, h, w]: [usize; 3],
+    noise: &NoiseAugment,
+    rng: &mut ChaCha8Rng,
+) -> Vec<f32> {
+    let mut out = sample.ct.clone();
+    let count = ((d as f64 * noise.slice_fraction).round() as usize).clamp(1, d);
+    let slices = rand::seq::index::sample(rng, d, count);
+    // The original's scales are pixels on a 128-pixel slice.
+    let across = w as f32 / 128.0;
+    for z in slices {
+        let fractal = Fractal {
+            scale: rng.random_range(noise.scale[0]..=noise.scale[1]) * across,
+            octaves: noise.octaves,
+            persistence: if rng.random_bool(0.5) {
+                noise.persistence
+            } else {
+                -noise.persistence
+            },
+            lacunarity: noise.lacunarity,
+        };
+        let field = fractal_slice(&Permutation::seeded(rng.random()), &fractal, h, w);
+        let plane = z * h * w..(z + 1) * h * w;
+        for ((v, lung), n) in out[plane.clone()]
+            .iter_mut()
+            .zip(&sample.lung[plane])
+            .zip(field)
+        {
+            if *lung > 0.5 {
+                *v = (*v + noise.amplitude * n).clamp(0.0, 1.0);
+            }
+        }
+    }
+    out
+}
+
+/// Mean squared difference (the plain one: the GAN's outputs are values, not logits).
+fn mse<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, 1> {
+    (a - b).powi_scalar(2).mean()
+}
+
+fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
+    use burn::tensor::ElementConversion;
+    t.clone().into_scalar().elem::<f64>()
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// A checkpoint that could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The file system refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// burn's recorder or the state's JSON failed.
+    #[error(
+        "{0}: {1}\n  help: the checkpoint is damaged or from another model shape; delete it to start over"
+    )]
+    Record(PathBuf, String),
+}
+
+impl CheckpointError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+
+    type B = Autodiff<NdArray>;
+
+    fn recipe() -> GanRecipe {
+        GanRecipe {
+            width: 0.125,
+            lr_generator: 1e-3,
+            lr_discriminator: 1e-3,
+            batch: 2,
+            iterations: 4,
+            seed: 7,
+            noise: NoiseAugment::default(),
+            conv: crate::ConvImpl::Im2col,
+        }
+    }
+
+    /// Two healthy and two infected 32 × 32 × 32 volumes (the smallest the discriminator's
+    /// three valid convolutions and pools take): a lung box, lesions as a bright cube.
+    fn data() -> GanData {
+        let shape = [32, 32, 32];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let sample = |rng: &mut ChaCha8Rng, lesion: bool| {
+            let mut ct = vec![0.0f32; 32 * 32 * 32];
+            let mut lung = vec![0.0f32; 32 * 32 * 32];
+            for (i, (c, l)) in ct.iter_mut().zip(lung.iter_mut()).enumerate() {
+                let (z, y, x) = (i / 1024, (i / 32) % 32, i % 32);
+                if (4..28).contains(&y) && (4..28).contains(&x) {
+                    *l = 1.0;
+                    *c = 0.1 + 0.02 * rng.random::<f32>();
+                    if lesion
+                        && (8..16).contains(&z)
+                        && (8..16).contains(&y)
+                        && (8..16).contains(&x)
+                    {
+                        *c = 0.5;
+                    }
+                }
+            }
+            GanSample { ct, lung }
+        };
+        GanData {
+            shape,
+            healthy: (0..2).map(|_| sample(&mut rng, false)).collect(),
+            infected: (0..2).map(|_| sample(&mut rng, true)).collect(),
+        }
+    }
+
+    fn weights(t: &GanTrainer<B>) -> Vec<f32> {
+        let g = heal(
+            &t.inference_generator(),
+            &[&data().infected[0].ct],
+            [32, 32, 32],
+            &Default::default(),
+        );
+        g.concat()
+    }
+
+    #[test]
+    fn a_resumed_training_is_bit_for_bit_the_uninterrupted_one() {
+        let data = data();
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("checkpoint");
+        let mut straight = GanTrainer::<B>::new(recipe(), Default::default());
+        for _ in 0..4 {
+            straight.step(&data);
+        }
+        let mut first = GanTrainer::<B>::new(recipe(), Default::default());
+        first.step(&data);
+        first.step(&data);
+        first.save_checkpoint(&ckpt).unwrap();
+        first.step(&data); // lost with the kill
+        let mut resumed = GanTrainer::<B>::new(recipe(), Default::default());
+        assert!(resumed.resume(&ckpt).unwrap());
+        assert_eq!(resumed.iteration, 2);
+        resumed.step(&data);
+        resumed.step(&data);
+        assert_eq!(resumed.history, straight.history);
+        assert_eq!(weights(&resumed), weights(&straight));
+    }
+
+    #[test]
+    fn augmentation_stays_inside_the_lungs_and_the_intensity_range() {
+        let data = data();
+        let s = &data.healthy[0];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let noise = NoiseAugment {
+            amplitude: 3.0,
+            ..NoiseAugment::default()
+        };
+        let out = augment(s, data.shape, &noise, &mut rng);
+        let changed: Vec<usize> = (0..out.len()).filter(|&i| out[i] != s.ct[i]).collect();
+        assert!(!changed.is_empty());
+        assert!(changed.iter().all(|&i| s.lung[i] > 0.5));
+        assert!(out.iter().all(|v| (0.0..=1.0).contains(v)));
+        // A quarter of 32 slices, each with lung: 8 slices touched.
+        let slices: std::collections::BTreeSet<usize> = changed.iter().map(|i| i / 1024).collect();
+        assert_eq!(slices.len(), 8);
+    }
+}
