@@ -44,6 +44,28 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = Conv::Im2col)]
         conv: Conv,
     },
+    /// Train the 3D GAN for a few iterations (reconstruction, discriminator and adversarial
+    /// steps) on random volumes: first iteration and median of the rest. Prints one JSON object.
+    Gan {
+        /// cpu (NdArray), wgpu, or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+        /// Volumes of each class per iteration.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Timed iterations after the first.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Filter counts × this (1 = the reference model, 7.9 M parameters).
+        #[arg(long, default_value_t = 0.25)]
+        width: f64,
+        /// Grid z,y,x (each a multiple of 16, at least 32).
+        #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [32, 64, 64])]
+        grid: Vec<usize>,
+        /// Convolution implementation (im2col: matmuls, the CPU default; native: burn's).
+        #[arg(long, value_enum, default_value_t = Conv::Im2col)]
+        conv: Conv,
+    },
     /// Check a convolution implementation against burn's conv2d on the same device at the
     /// TransUNet's shapes (forward, input/weight/bias gradients, relative error) and time both
     /// (one JSON line per shape; exit 1 when an error exceeds 1e-3).
@@ -112,6 +134,32 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
             json["device"] = device.name().into();
             json["width_div"] = width_div.into();
             json["conv"] = serde_json::to_value(imp)?;
+            println!("{}", serde_json::to_string(&json)?);
+        }
+        BenchCommand::Gan {
+            device,
+            batch,
+            steps,
+            width,
+            grid,
+            conv,
+        } => {
+            let recipe = covflow_models::GanRecipe {
+                width,
+                lr_generator: 5e-5,
+                lr_discriminator: 1e-3,
+                batch,
+                iterations: steps + 1,
+                seed: 0,
+                noise: Default::default(),
+                conv: conv.into(),
+            };
+            let shape = [grid[0], grid[1], grid[2]];
+            let report = covflow_models::bench::gan(device, &recipe, shape, steps)?;
+            let mut json = serde_json::to_value(&report)?;
+            json["device"] = device.name().into();
+            json["width"] = width.into();
+            json["conv"] = serde_json::to_value(recipe.conv)?;
             println!("{}", serde_json::to_string(&json)?);
         }
         BenchCommand::Conv {

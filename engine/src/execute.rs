@@ -137,6 +137,11 @@ fn stage_inputs(wf: &Workflow, n: NodeIndex, inputs: &[Upstream]) -> Vec<Input> 
         .map(|(&i, u)| Input {
             stage: wf.graph.stage_name(i).to_string(),
             item: wf.graph.item_id(i).map(str::to_string),
+            attrs: wf.graph.graph[i]
+                .item
+                .as_ref()
+                .map(|it| it.attrs.clone())
+                .unwrap_or_default(),
             dir: u.dir.clone(),
         })
         .collect()

@@ -111,6 +111,8 @@ pub struct Input {
     pub stage: String,
     /// The upstream item, for fan-out stages.
     pub item: Option<String>,
+    /// The upstream item's attributes (a dataset item's `category`, …), empty otherwise.
+    pub attrs: BTreeMap<String, String>,
     /// The artifact's data directory (read-only).
     pub dir: PathBuf,
 }

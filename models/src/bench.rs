@@ -2,41 +2,10 @@
 
 use covflow_kernels::Device;
 
+use crate::DeviceNotBuilt;
+
 use crate::{ConvCheck, ConvImpl, TrainingBench, TransUNetConfig, bench_training};
 use crate::{check_conv, transunet_conv_shapes};
-
-/// A device this binary was built without.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "this covflow was built without {0} support\n  help: rebuild with `cargo build --release --features {0}` or pass --device cpu"
-)]
-pub struct DeviceNotBuilt(pub Device);
-
-/// Evaluates `$body` with `$B` bound to the autodiff backend of `$device`: NdArray on the CPU,
-/// burn's wgpu backend, or CUDA when built in.
-macro_rules! on_autodiff_backend {
-    ($device:expr, $B:ident => $body:expr) => {
-        match $device {
-            Device::Cpu => {
-                type $B = burn::backend::Autodiff<burn::backend::NdArray>;
-                Ok($body)
-            }
-            Device::Wgpu => {
-                type $B = burn::backend::Autodiff<burn::backend::Wgpu>;
-                Ok($body)
-            }
-            Device::Cuda => {
-                #[cfg(feature = "cuda")]
-                {
-                    type $B = burn::backend::Autodiff<burn::backend::Cuda>;
-                    Ok($body)
-                }
-                #[cfg(not(feature = "cuda"))]
-                Err(DeviceNotBuilt(Device::Cuda))
-            }
-        }
-    };
-}
 
 /// Trains the seed TransUNet for a few steps on `device` and reports first-step and steady-state
 /// times. `width_div` shrinks every width (for CPU smoke runs); 1 is the seed configuration.
@@ -71,5 +40,69 @@ pub fn conv(
             .into_iter()
             .map(|s| check_conv::<B>(imp, s, reps, &Default::default()))
             .collect()
+    })
+}
+
+/// What `covflow bench gan` reports: GAN iterations (the three steps) on random lung-like
+/// volumes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GanBench {
+    /// `[D, H, W]`.
+    pub shape: [usize; 3],
+    /// Volumes of each class per iteration.
+    pub batch: usize,
+    /// Generator parameters.
+    pub generator_params: usize,
+    /// Discriminator parameters.
+    pub discriminator_params: usize,
+    /// The first iteration (seconds).
+    pub first_s: f64,
+    /// Every later iteration (seconds).
+    pub steps_s: Vec<f64>,
+    /// Their median (seconds).
+    pub median_s: f64,
+}
+
+/// Times `steps` GAN iterations after a first one on `device`.
+pub fn gan(
+    device: Device,
+    recipe: &crate::GanRecipe,
+    shape: [usize; 3],
+    steps: usize,
+) -> Result<GanBench, DeviceNotBuilt> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let len = shape.iter().product();
+    let mut sample = |lesion: f32| crate::GanSample {
+        ct: (0..len)
+            .map(|_| 0.1 + lesion * rng.random::<f32>())
+            .collect(),
+        lung: vec![1.0; len],
+    };
+    let data = crate::GanData {
+        shape,
+        healthy: (0..2).map(|_| sample(0.05)).collect(),
+        infected: (0..2).map(|_| sample(0.5)).collect(),
+    };
+    on_autodiff_backend!(device, B => {
+        let mut t = crate::GanTrainer::<B>::new(recipe.clone(), Default::default());
+        let timed = |t: &mut crate::GanTrainer<B>| {
+            let start = std::time::Instant::now();
+            t.step(&data);
+            start.elapsed().as_secs_f64()
+        };
+        let first_s = timed(&mut t);
+        let steps_s: Vec<f64> = (0..steps).map(|_| timed(&mut t)).collect();
+        let mut sorted = steps_s.clone();
+        sorted.sort_by(f64::total_cmp);
+        GanBench {
+            shape,
+            batch: recipe.batch,
+            generator_params: crate::trainable_params(&t.generator),
+            discriminator_params: crate::trainable_params(&t.discriminator),
+            first_s,
+            median_s: sorted.get(sorted.len() / 2).copied().unwrap_or(first_s),
+            steps_s,
+        }
     })
 }

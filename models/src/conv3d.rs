@@ -38,7 +38,7 @@ impl<B: Backend> Conv3dLayer<B> {
         device: &B::Device,
     ) -> Self {
         assert!(
-            !same || k % 2 == 1,
+            !same || !k.is_multiple_of(2),
             "`same` padding needs an odd kernel, not {k}"
         );
         let padding = if same { k / 2 } else { 0 };

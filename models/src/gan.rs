@@ -88,19 +88,48 @@ impl DiscriminatorConfig {
 impl<B: Backend> Discriminator<B> {
     /// Class probabilities (softmax over "real healthy", "generated").
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 2> {
-        let x = max_pool3d(relu(self.conv1.forward(x)));
-        let x = max_pool3d(relu(self.conv2.forward(x)));
-        let x = max_pool3d(relu(self.conv3.forward(x)));
-        // Global average pool over depth, height and width.
-        let [n, c, ..] = x.dims();
-        let x = x
-            .reshape([n as i32, c as i32, -1])
-            .mean_dim(2)
-            .reshape([n, c]);
+        let x = self.pooled(x);
         let x = self.dropout.forward(relu(self.dense1.forward(x)));
         let x = self.dropout.forward(relu(self.dense2.forward(x)));
         let x = self.dropout.forward(relu(self.dense3.forward(x)));
         softmax(self.out.forward(x), 1)
+    }
+
+    /// Class probabilities with the dropout masks given (`keep / (1 − p)` or 0 per unit, one
+    /// `[N, width]` mask per dense layer), so training draws them from its own seeded generator
+    /// rather than the backend's process-wide one.
+    pub fn forward_masked(&self, x: Tensor<B, 5>, masks: [Tensor<B, 2>; 3]) -> Tensor<B, 2> {
+        let [m1, m2, m3] = masks;
+        let x = self.pooled(x);
+        let x = relu(self.dense1.forward(x)) * m1;
+        let x = relu(self.dense2.forward(x)) * m2;
+        let x = relu(self.dense3.forward(x)) * m3;
+        softmax(self.out.forward(x), 1)
+    }
+
+    /// The widths of the three dense layers (the dropout masks' columns).
+    pub fn dense_widths(&self) -> [usize; 3] {
+        [
+            self.dense1.weight.dims()[1],
+            self.dense2.weight.dims()[1],
+            self.dense3.weight.dims()[1],
+        ]
+    }
+
+    /// The dropout probability.
+    pub fn dropout_prob(&self) -> f64 {
+        self.dropout.prob
+    }
+
+    /// Convolutions, pools and the global average pool over depth, height and width.
+    fn pooled(&self, x: Tensor<B, 5>) -> Tensor<B, 2> {
+        let x = max_pool3d(relu(self.conv1.forward(x)));
+        let x = max_pool3d(relu(self.conv2.forward(x)));
+        let x = max_pool3d(relu(self.conv3.forward(x)));
+        let [n, c, ..] = x.dims();
+        x.reshape([n as i32, c as i32, -1])
+            .mean_dim(2)
+            .reshape([n, c])
     }
 }
 

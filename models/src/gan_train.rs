@@ -143,11 +143,14 @@ pub fn generator_config(recipe: &GanRecipe) -> GeneratorConfig {
 impl<B: AutodiffBackend> GanTrainer<B> {
     /// Fresh models (seeded) and optimisers.
     pub fn new(recipe: GanRecipe, device: B::Device) -> Self {
-        B::seed(&device, recipe.seed);
-        let generator = generator_config(&recipe).init(&device);
+        // Weights from our own generator: burn's is one per process, shared with every other
+        // model (and test) that draws from it at the same time.
+        let mut init = SeededInit::new(recipe.seed);
+        let generator = generator_config(&recipe).init(&device).map(&mut init);
         let discriminator = DiscriminatorConfig::new()
             .with_conv(recipe.conv)
-            .init(&device);
+            .init(&device)
+            .map(&mut init);
         Self {
             generator,
             discriminator,
@@ -171,8 +174,6 @@ impl<B: AutodiffBackend> GanTrainer<B> {
     pub fn step(&mut self, data: &GanData) -> GanLosses {
         let i = self.iteration;
         let mut rng = self.rng(i);
-        // Dropout draws from the backend's generator.
-        B::seed(&self.device, rng.random());
         let n = self.recipe.batch;
         let pick = |rng: &mut ChaCha8Rng, set: &[GanSample]| -> Vec<GanSample> {
             (0..n)
@@ -204,8 +205,11 @@ impl<B: AutodiffBackend> GanTrainer<B> {
         // 2. Discriminator: real healthy against twins of infected volumes.
         let z = self.latent(&mut rng, infected_t.dims());
         let twins = self.generator.forward(infected_t.clone(), z).detach();
-        let loss_d = (mse(self.discriminator.forward(healthy_t), real.clone())
-            + mse(self.discriminator.forward(twins), fake))
+        let (m1, m2) = (self.dropout(&mut rng, n), self.dropout(&mut rng, n));
+        let loss_d = (mse(
+            self.discriminator.forward_masked(healthy_t, m1),
+            real.clone(),
+        ) + mse(self.discriminator.forward_masked(twins, m2), fake))
             / 2.0;
         let discriminator = scalar(&loss_d);
         let grads = GradientsParams::from_grads(loss_d.backward(), &self.discriminator);
@@ -218,7 +222,8 @@ impl<B: AutodiffBackend> GanTrainer<B> {
         // 3. Adversarial: twins toward "healthy"; only the generator learns.
         let z = self.latent(&mut rng, infected_t.dims());
         let twins = self.generator.forward(infected_t, z);
-        let loss_a = mse(self.discriminator.forward(twins), real);
+        let masks = self.dropout(&mut rng, n);
+        let loss_a = mse(self.discriminator.forward_masked(twins, masks), real);
         let adversarial = scalar(&loss_a);
         let grads = GradientsParams::from_grads(loss_a.backward(), &self.generator);
         self.generator = self
@@ -248,6 +253,24 @@ impl<B: AutodiffBackend> GanTrainer<B> {
             n += 1;
         }
         Tensor::from_data(TensorData::new(flat, [n, 1, d, h, w]), &self.device)
+    }
+
+    /// Inverted-dropout masks of the discriminator's dense layers for a batch of `n`.
+    fn dropout(&self, rng: &mut ChaCha8Rng, n: usize) -> [Tensor<B, 2>; 3] {
+        let p = self.discriminator.dropout_prob();
+        let keep = (1.0 - p) as f32;
+        self.discriminator.dense_widths().map(|w| {
+            let m: Vec<f32> = (0..n * w)
+                .map(|_| {
+                    if rng.random::<f64>() < p {
+                        0.0
+                    } else {
+                        1.0 / keep
+                    }
+                })
+                .collect();
+            Tensor::from_data(TensorData::new(m, [n, w]), &self.device)
+        })
     }
 
     fn targets(&self, n: usize, class: [f32; 2]) -> Tensor<B, 2> {
@@ -356,7 +379,10 @@ impl<B: AutodiffBackend> GanTrainer<B> {
 /// Saves trained generator weights.
 pub fn save_generator<B: Backend>(g: &Generator<B>, path: &Path) -> Result<(), CheckpointError> {
     BinFileRecorder::<FullPrecisionSettings>::new()
-        .record(g.clone().into_record(), path.to_path_buf())
+        .record(
+            g.clone().map(&mut SequentialIds(0)).into_record(),
+            path.to_path_buf(),
+        )
         .map_err(|e| CheckpointError::Record(path.to_path_buf(), e.to_string()))
 }
 
@@ -431,6 +457,83 @@ pub fn augment(
         }
     }
     out
+}
+
+/// Initialises every parameter as burn's layers do (uniform in ±1/√fan_in, Kaiming's uniform
+/// with gain 1/√3, biases with the same bound as their weights) from a seeded generator.
+struct SeededInit {
+    rng: ChaCha8Rng,
+    /// The kind of layer being visited (`Struct:Linear`, `Struct:Up2xLayer`, …).
+    layer: String,
+    /// The last weight's fan-in, for the bias after it.
+    fan_in: usize,
+}
+
+impl SeededInit {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            layer: String::new(),
+            fan_in: 1,
+        }
+    }
+}
+
+impl<B: Backend> burn::module::ModuleMapper<B> for SeededInit {
+    fn enter_module(&mut self, _name: &str, container_type: &str) {
+        if container_type.starts_with("Struct:") {
+            self.layer = container_type.to_string();
+        }
+    }
+
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.dims();
+        if D > 1 {
+            let rest: usize = shape[2..].iter().product();
+            self.fan_in = match self.layer.as_str() {
+                // `[in, out]`.
+                "Struct:Linear" => shape[0],
+                // Transposed convolution `[in, out, k, k, k]`: burn's fan-in is `out · k³`.
+                "Struct:Up2xLayer" => shape[1] * rest,
+                // Convolution `[out, in, k, k, k]`.
+                _ => shape[1] * rest,
+            };
+        }
+        let bound = 1.0 / (self.fan_in.max(1) as f64).sqrt();
+        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| self.rng.random_range(-bound..bound) as f32)
+            .collect();
+        let device = tensor.device();
+        let fresh = Tensor::<B, D>::from_data(TensorData::new(values, shape), &device);
+        let fresh = if tensor.is_require_grad() {
+            fresh.require_grad()
+        } else {
+            fresh
+        };
+        burn::module::Param::from_mapped_value(id, fresh, mapper)
+    }
+}
+
+/// Numbers parameters in traversal order from a start. burn draws parameter ids at random and
+/// writes them into every record, so without this the same weights would give different files
+/// (and cache digests) in every run. Only for saving: giving the live autodiff
+/// models fixed ids changed the resume test's losses in the last bit (two trainers in one
+/// process then share ids).
+struct SequentialIds(u64);
+
+impl<B: Backend> burn::module::ModuleMapper<B> for SequentialIds {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        self.0 += 1;
+        burn::module::Param::from_mapped_value(burn::module::ParamId::from(self.0), tensor, mapper)
+    }
 }
 
 /// Mean squared difference (the plain one: the GAN's outputs are values, not logits).

@@ -149,7 +149,7 @@ impl<B: Backend> Generator<B> {
     pub fn forward(&self, x: Tensor<B, 5>, noise: Tensor<B, 5>) -> Tensor<B, 5> {
         let [_, _, d, h, w] = x.dims();
         assert!(
-            d % 16 == 0 && h % 16 == 0 && w % 16 == 0,
+            d.is_multiple_of(16) && h.is_multiple_of(16) && w.is_multiple_of(16),
             "the generator pools four times: every axis of {:?} must be a multiple of 16",
             [d, h, w]
         );

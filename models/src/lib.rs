@@ -4,11 +4,14 @@
 //! autodiff ops, and the training loops.
 //! No engine here: stages call into this crate.
 
+#[macro_use]
+mod device;
 mod backend;
 mod conv;
 mod conv3d;
 mod conv_check;
 mod gan;
+mod gan_run;
 mod gan_train;
 mod generator;
 mod losses;
@@ -20,7 +23,9 @@ pub use backend::{ModelBackend, conv2d_implicit_gemm};
 pub use conv::{ConvImpl, ConvLayer, conv2d_im2col};
 pub use conv_check::{ConvCheck, ConvShape, check_conv, transunet_conv_shapes};
 pub use conv3d::{Conv3dLayer, Up2xLayer, conv3d_im2col, up2x_matmul};
+pub use device::DeviceNotBuilt;
 pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d};
+pub use gan_run::{GanError, GanOutcome, conv_for, heal_volumes, train_gan};
 pub use gan_train::{
     CheckpointError, GanData, GanLosses, GanRecipe, GanSample, GanTrainer, NoiseAugment, augment,
     generator_config, heal, load_generator, save_generator,

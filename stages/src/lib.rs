@@ -1,13 +1,17 @@
 //! covflow's stage kinds, one module each: typed parameters in, [`covflow_imaging`] (and soon
-//! `covflow_models`) calls, artifacts out. The method lives in those crates; this crate is glue.
+//! [`covflow_models`]) calls, artifacts out. The method lives in those crates; this crate is glue.
 //!
 //! A new stage kind is one module here and one line in [`register`] (see the README's "Adding a
 //! stage kind").
 
 pub mod crop;
 pub mod datasets;
+pub mod gan_train;
 pub mod lung_mask;
+pub mod masks;
+pub mod naive_mask;
 pub mod phantom;
+pub mod pseudo_mask;
 pub mod resample;
 
 use covflow_engine::{Device, ParamError, Registry, StageDecl};
@@ -22,6 +26,9 @@ pub fn register(registry: &mut Registry) {
     registry.add_stage(resample::ResampleStage);
     registry.add_stage(lung_mask::LungMaskStage);
     registry.add_stage(crop::CropStage);
+    registry.add_stage(gan_train::GanTrainStage);
+    registry.add_stage(pseudo_mask::PseudoMaskStage);
+    registry.add_stage(naive_mask::NaiveMaskStage);
 }
 
 /// The kernels' name for a run's device.

@@ -1,0 +1,234 @@
+//! What `gan_train`, `pseudo_mask` and `naive_mask` share: crops as `[D, H, W]` arrays, the
+//! per-item output folders, the slice table with its quartile split, and the judgement of a
+//! voxel score against a known lesion mask.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use covflow_engine::{Input, StageError};
+use covflow_imaging::Volume;
+use covflow_imaging::metrics::{Separation, separation};
+use covflow_imaging::study::{self, CtUnits, StudyFiles};
+use ndarray::Array3;
+use serde::Serialize;
+
+/// One cropped study as the models see it: `[D, H, W]` = (z, y, x), row-major.
+pub struct Crop {
+    /// The upstream item id.
+    pub id: String,
+    /// The item's category (`CT-0` … `CT-4`), when its dataset has one.
+    pub category: Option<String>,
+    /// The CT in its file's units.
+    pub ct: Vec<f32>,
+    /// 1 inside the lungs.
+    pub lung: Vec<f32>,
+    /// 1 on a lesion, when the study has a lesion mask.
+    pub lesion: Option<Vec<f32>>,
+    /// `[D, H, W]`.
+    pub shape: [usize; 3],
+    /// The CT's units (its HU window).
+    pub units: CtUnits,
+    /// The CT as read (grid and affine for the outputs).
+    pub volume: Volume,
+}
+
+/// `[x, y, z]` array → `[z, y, x]` row-major values.
+pub fn to_zyx(a: &Array3<f32>) -> Vec<f32> {
+    a.view().permuted_axes([2, 1, 0]).iter().copied().collect()
+}
+
+/// `[z, y, x]` row-major values → `[x, y, z]` array.
+pub fn from_zyx(v: Vec<f32>, [d, h, w]: [usize; 3]) -> Array3<f32> {
+    Array3::from_shape_vec((d, h, w), v)
+        .expect("values match the shape")
+        .permuted_axes([2, 1, 0])
+        .as_standard_layout()
+        .into_owned()
+}
+
+/// Reads one upstream crop (CT, lung mask, lesion mask when present).
+pub fn read_crop(input: &Input, stage: &str) -> Result<Crop, StageError> {
+    let files = StudyFiles::in_dir(&input.dir);
+    let volume = Volume::read(&files.ct)?;
+    let lung = Volume::read(files.require_lung(stage)?)?;
+    let lesion = files.lesion.as_deref().map(Volume::read).transpose()?;
+    let [x, y, z] = <[usize; 3]>::try_from(volume.data.shape()).expect("3-D");
+    let shape = [z, y, x];
+    for (name, v) in [(study::LUNG, Some(&lung)), (study::LESION, lesion.as_ref())] {
+        if let Some(v) = v
+            && v.data.shape() != volume.data.shape()
+        {
+            return Err(format!(
+                "{}: {name} is {:?} but the CT is {:?}\n  help: masks come from the same crop as the CT",
+                input.dir.display(),
+                v.data.shape(),
+                volume.data.shape()
+            )
+            .into());
+        }
+    }
+    Ok(Crop {
+        id: input.item.clone().unwrap_or_else(|| input.stage.clone()),
+        category: input.attrs.get("category").cloned(),
+        ct: to_zyx(&volume.data),
+        lung: to_zyx(&lung.data),
+        lesion: lesion.map(|l| to_zyx(&l.data)),
+        shape,
+        units: CtUnits::read(&input.dir)?,
+        volume,
+    })
+}
+
+/// The folder of one item's outputs.
+pub fn item_dir(out: &Path, id: &str) -> Result<PathBuf, StageError> {
+    let dir = out.join("items").join(id);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A score volume written on the crop's grid and affine, so viewers overlay it on the CT.
+pub fn write_scores(crop: &Crop, values: Vec<f32>, path: &Path) -> Result<(), StageError> {
+    crop.volume
+        .with_data(from_zyx(values, crop.shape))
+        .write_f32(path)?;
+    Ok(())
+}
+
+/// A slice's pseudo-infection score and its class in the quartile split.
+#[derive(Clone, Debug, Serialize)]
+pub struct SliceScore {
+    /// The item.
+    pub item: String,
+    /// z index on the crop's grid.
+    pub slice: usize,
+    /// Sum of the score over the slice's lung voxels.
+    pub score: f64,
+    /// `high` (above Q3), `low` (Q1 to Q3) or `none`.
+    pub class: &'static str,
+}
+
+/// The slice table: every slice's score, Q1 and Q3 over all of them, and the classes.
+#[derive(Clone, Debug, Serialize)]
+pub struct SliceTable {
+    /// First quartile of the slice scores.
+    pub q1: f64,
+    /// Third quartile.
+    pub q3: f64,
+    /// Every slice of every item.
+    pub slices: Vec<SliceScore>,
+}
+
+/// Linear-interpolated quantile of sorted values (numpy's default).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+impl SliceTable {
+    /// Scores per slice of `(item, [D, H, W] score volume)`; classes by the quartiles of all.
+    pub fn new(scored: &[(String, &[f32], [usize; 3])]) -> Self {
+        let mut slices = Vec::new();
+        for (item, values, [d, h, w]) in scored {
+            for z in 0..*d {
+                let score = values[z * h * w..(z + 1) * h * w]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum();
+                slices.push(SliceScore {
+                    item: item.clone(),
+                    slice: z,
+                    score,
+                    class: "none",
+                });
+            }
+        }
+        let mut sorted: Vec<f64> = slices.iter().map(|s| s.score).collect();
+        sorted.sort_by(f64::total_cmp);
+        let (q1, q3) = (quantile(&sorted, 0.25), quantile(&sorted, 0.75));
+        for s in &mut slices {
+            s.class = if s.score > q3 {
+                "high"
+            } else if s.score >= q1 {
+                "low"
+            } else {
+                "none"
+            };
+        }
+        Self { q1, q3, slices }
+    }
+
+    /// Writes `slices.csv` and `slices.json`.
+    pub fn write(&self, out: &Path) -> Result<(), StageError> {
+        let mut csv = String::from("item,slice,score,class\n");
+        for s in &self.slices {
+            csv += &format!("{},{},{},{}\n", s.item, s.slice, s.score, s.class);
+        }
+        write(&out.join("slices.csv"), csv.as_bytes())?;
+        write(&out.join("slices.json"), &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// How well each item's voxel score finds its known lesions (inside the lung), and over all
+/// held-out items together: what `quality.json` holds.
+#[derive(Debug, Default, Serialize)]
+pub struct Quality {
+    /// Per item with a lesion mask.
+    pub items: BTreeMap<String, Separation>,
+    /// The held-out items' voxels pooled (the number to compare between methods).
+    pub holdout: Option<Separation>,
+    /// The items pooled in `holdout`.
+    pub holdout_items: Vec<String>,
+    /// Every item with a lesion mask pooled.
+    pub all: Option<Separation>,
+}
+
+impl Quality {
+    /// Judges `score` (one `[D, H, W]` volume per crop) where the crops have lesion masks.
+    pub fn judge(crops: &[Crop], scores: &[Vec<f32>], holdout: &[String]) -> Self {
+        let mut q = Quality::default();
+        let (mut pooled_holdout, mut pooled_all) = (Vec::new(), Vec::new());
+        for (crop, score) in crops.iter().zip(scores) {
+            let Some(lesion) = &crop.lesion else { continue };
+            let pairs: Vec<(f32, bool)> = score
+                .iter()
+                .zip(&crop.lung)
+                .zip(lesion)
+                .filter(|((_, l), _)| **l > 0.5)
+                .map(|((s, _), t)| (*s, *t > 0.5))
+                .collect();
+            if holdout.contains(&crop.id) {
+                pooled_holdout.extend_from_slice(&pairs);
+                q.holdout_items.push(crop.id.clone());
+            }
+            pooled_all.extend_from_slice(&pairs);
+            q.items.insert(crop.id.clone(), separation(pairs));
+        }
+        q.holdout = (!pooled_holdout.is_empty()).then(|| separation(pooled_holdout));
+        q.all = (!pooled_all.is_empty()).then(|| separation(pooled_all));
+        q
+    }
+
+    /// Writes `quality.json`.
+    pub fn write(&self, out: &Path) -> Result<(), StageError> {
+        write(&out.join("quality.json"), &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// Writes a file, naming it when that fails.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+/// The items listed in a parameter that no input has: a typo would otherwise silently train on
+/// the cases meant for evaluation.
+pub fn unknown_items<'a>(listed: &'a [String], crops: &[Crop]) -> Vec<&'a str> {
+    listed
+        .iter()
+        .filter(|id| !crops.iter().any(|c| &c.id == *id))
+        .map(String::as_str)
+        .collect()
+}

@@ -1,0 +1,180 @@
+//! The `pseudo_mask` stage kind: each infected study minus its healed twin, kept inside the
+//! lungs, and the slices ranked by how much the twin removed.
+//!
+//! ```yaml
+//! pseudo:
+//!   uses: pseudo_mask
+//!   needs: [gan, crops]                  # a gan_train stage first, then the crops
+//! ```
+
+use covflow_engine::{ParamError, Stage, StageDecl, StageError, TaskContext};
+use covflow_models::heal_volumes;
+
+use crate::gan_train::{GanInfo, INFO, WEIGHTS};
+use crate::kernel_device;
+use crate::masks::{Crop, Quality, SliceTable, item_dir, read_crop, write_scores};
+
+/// The `pseudo_mask` stage kind.
+pub struct PseudoMaskStage;
+
+/// The `with:` of a `pseudo_mask` stage.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PseudoMaskParams {
+    /// Categories to make pseudo-masks for (every item when empty).
+    #[serde(default = "infected")]
+    pub categories: Vec<String>,
+    /// Volumes the generator heals at once (memory grows with it).
+    #[serde(default = "batch")]
+    pub batch: usize,
+}
+
+fn infected() -> Vec<String> {
+    (1..=4).map(|k| format!("CT-{k}")).collect()
+}
+fn batch() -> usize {
+    2
+}
+
+/// Min-max normalisation to [0, 1] (a constant volume becomes 0).
+fn normalise(v: &[f32]) -> Vec<f32> {
+    let (lo, hi) = v
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let span = hi - lo;
+    v.iter()
+        .map(|&x| if span > 0.0 { (x - lo) / span } else { 0.0 })
+        .collect()
+}
+
+/// The pseudo-mask: `normalised(scan) − normalised(twin)` inside the lung, 0 outside.
+pub fn difference(scan: &[f32], twin: &[f32], lung: &[f32]) -> Vec<f32> {
+    let (a, b) = (normalise(scan), normalise(twin));
+    a.iter()
+        .zip(&b)
+        .zip(lung)
+        .map(|((x, y), l)| if *l > 0.5 { x - y } else { 0.0 })
+        .collect()
+}
+
+impl Stage for PseudoMaskStage {
+    type Params = PseudoMaskParams;
+
+    fn kind(&self) -> &'static str {
+        "pseudo_mask"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn about(&self) -> &'static str {
+        "Heals each study of `categories` with a trained gan_train generator (latent noise at \
+         its mean, zero) and writes, per item under items/ID/, twin.nii.gz and difference.nii.gz \
+         (min-max normalised scan minus twin, inside the lung; on the crop's grid and affine); \
+         slices.csv/json (each slice's summed difference, Q1, Q3, and the split: high above Q3, \
+         low from Q1 to Q3); quality.json (ROC AUC and best-threshold Dice against lesion masks \
+         where the crops have them, pooled over the GAN's held-out items). Needs the gan_train \
+         stage first, then the crops."
+    }
+
+    fn check(&self, p: &PseudoMaskParams, decl: &StageDecl) -> Result<(), ParamError> {
+        crate::check_range("batch", p.batch, 1..=256, "")?;
+        if decl.needs.len() != 2 {
+            return Err(ParamError::decl(
+                "needs",
+                "pseudo_mask reads two upstream stages: [GAN, CROPS] (a gan_train stage, then the crops)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn device_dependent(&self) -> bool {
+        true
+    }
+
+    fn run(&self, p: &PseudoMaskParams, ctx: &TaskContext) -> Result<(), StageError> {
+        let gan = ctx
+            .inputs
+            .first()
+            .ok_or("pseudo_mask has no gan_train input")?;
+        let info_path = gan.dir.join(INFO);
+        let text = std::fs::read(&info_path).map_err(|e| {
+            format!(
+                "{}: {e}\n  help: the first of `needs` must be a gan_train stage",
+                info_path.display()
+            )
+        })?;
+        let info: GanInfo =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", info_path.display()))?;
+        let crops: Vec<Crop> = ctx.inputs[1..]
+            .iter()
+            .filter(|i| {
+                p.categories.is_empty()
+                    || i.attrs
+                        .get("category")
+                        .is_some_and(|c| p.categories.contains(c))
+            })
+            .map(|i| read_crop(i, self.kind()))
+            .collect::<Result<_, _>>()?;
+        if let Some(c) = crops.iter().find(|c| c.shape != info.shape) {
+            return Err(format!("{} is {:?} but the GAN was trained on {:?}\n  help: use the crops the GAN was trained on", c.id, c.shape, info.shape).into());
+        }
+        let scans: Vec<Vec<f32>> = crops
+            .iter()
+            .map(|c| c.ct.iter().map(|v| v.clamp(0.0, 1.0)).collect())
+            .collect();
+        let views: Vec<&[f32]> = scans.iter().map(Vec::as_slice).collect();
+        let twins = heal_volumes(
+            kernel_device(ctx.device),
+            &info.recipe,
+            &gan.dir.join(WEIGHTS),
+            &views,
+            info.shape,
+            p.batch,
+        )?;
+        let mut diffs = Vec::with_capacity(crops.len());
+        for ((crop, scan), twin) in crops.iter().zip(&scans).zip(twins) {
+            let diff = difference(scan, &twin, &crop.lung);
+            let dir = item_dir(ctx.out_dir, &crop.id)?;
+            write_scores(crop, twin, &dir.join("twin.nii.gz"))?;
+            write_scores(crop, diff.clone(), &dir.join("difference.nii.gz"))?;
+            diffs.push(diff);
+        }
+        let scored: Vec<(String, &[f32], [usize; 3])> = crops
+            .iter()
+            .zip(&diffs)
+            .map(|(c, d)| (c.id.clone(), d.as_slice(), c.shape))
+            .collect();
+        let table = SliceTable::new(&scored);
+        table.write(ctx.out_dir)?;
+        let quality = Quality::judge(&crops, &diffs, &info.holdout);
+        quality.write(ctx.out_dir)?;
+        ctx.log.line(format!(
+            "{} pseudo-masks; slice scores Q1 {:.2}, Q3 {:.2}; held-out ROC AUC {:?}, best Dice {:?}",
+            crops.len(),
+            table.q1,
+            table.q3,
+            quality.holdout.and_then(|s| s.roc_auc),
+            quality.holdout.map(|s| s.best_dice)
+        ));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_difference_is_normalised_and_stays_in_the_lung() {
+        let scan = [0.0, 2.0, 4.0, 1.0];
+        let twin = [1.0, 1.0, 3.0, 1.0];
+        let lung = [1.0, 1.0, 1.0, 0.0];
+        // scan → [0, .5, 1, .25], twin → [0, 0, 1, 0].
+        assert_eq!(difference(&scan, &twin, &lung), vec![0.0, 0.5, 0.0, 0.0]);
+        assert_eq!(normalise(&[3.0, 3.0]), vec![0.0, 0.0]);
+    }
+}
