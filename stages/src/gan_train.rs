@@ -14,7 +14,7 @@ use covflow_engine::{ParamError, Stage, StageDecl, StageError, TaskContext};
 use covflow_models::{GanData, GanRecipe, GanSample, NoiseAugment, conv_for, train_gan};
 use serde::{Deserialize, Serialize};
 
-use crate::masks::{Crop, read_crop, unknown_items, write};
+use crate::masks::{Crop, infected_categories, read_crop, unknown_items, write};
 use crate::{check_range, kernel_device, one_input};
 
 /// The `gan_train` stage kind.
@@ -33,7 +33,7 @@ pub struct GanTrainParams {
     #[serde(default = "healthy")]
     pub healthy: Vec<String>,
     /// Categories trained as infected.
-    #[serde(default = "infected")]
+    #[serde(default = "infected_categories")]
     pub infected: Vec<String>,
     /// Items never trained on, kept for evaluation (recorded in gan.json).
     #[serde(default)]
@@ -66,9 +66,6 @@ pub struct GanTrainParams {
 
 fn healthy() -> Vec<String> {
     vec!["CT-0".into()]
-}
-fn infected() -> Vec<String> {
-    (1..=4).map(|k| format!("CT-{k}")).collect()
 }
 fn iterations() -> usize {
     10_000

@@ -79,6 +79,29 @@ pub fn read_crop(input: &Input, stage: &str) -> Result<Crop, StageError> {
     })
 }
 
+/// MosMed's infected categories, CT-1 … CT-4 (the default selection of the mask stages).
+pub fn infected_categories() -> Vec<String> {
+    (1..=4).map(|k| format!("CT-{k}")).collect()
+}
+
+/// Reads the crops among `inputs` whose item's category is in `categories` (all when empty).
+pub fn read_crops_of(
+    inputs: &[Input],
+    categories: &[String],
+    stage: &str,
+) -> Result<Vec<Crop>, StageError> {
+    inputs
+        .iter()
+        .filter(|i| {
+            categories.is_empty()
+                || i.attrs
+                    .get("category")
+                    .is_some_and(|c| categories.contains(c))
+        })
+        .map(|i| read_crop(i, stage))
+        .collect()
+}
+
 /// The folder of one item's outputs.
 pub fn item_dir(out: &Path, id: &str) -> Result<PathBuf, StageError> {
     let dir = out.join("items").join(id);

@@ -10,7 +10,9 @@
 
 use covflow_engine::{ParamError, Stage, StageDecl, StageError, TaskContext};
 
-use crate::masks::{Crop, Quality, SliceTable, item_dir, read_crop, write_scores};
+use crate::masks::{
+    Quality, SliceTable, infected_categories, item_dir, read_crops_of, write_scores,
+};
 use crate::{check_range, one_input};
 
 /// The `naive_mask` stage kind.
@@ -25,7 +27,7 @@ pub struct NaiveMaskParams {
     #[serde(default = "threshold_hu")]
     pub threshold_hu: f32,
     /// Categories to mask (every item when empty).
-    #[serde(default = "infected")]
+    #[serde(default = "infected_categories")]
     pub categories: Vec<String>,
     /// Items whose voxels are pooled in quality.json's `holdout` (the GAN's held-out items, so
     /// both are judged on the same cases).
@@ -35,9 +37,6 @@ pub struct NaiveMaskParams {
 
 fn threshold_hu() -> f32 {
     -500.0
-}
-fn infected() -> Vec<String> {
-    (1..=4).map(|k| format!("CT-{k}")).collect()
 }
 
 impl Stage for NaiveMaskStage {
@@ -65,17 +64,7 @@ impl Stage for NaiveMaskStage {
     }
 
     fn run(&self, p: &NaiveMaskParams, ctx: &TaskContext) -> Result<(), StageError> {
-        let crops: Vec<Crop> = ctx
-            .inputs
-            .iter()
-            .filter(|i| {
-                p.categories.is_empty()
-                    || i.attrs
-                        .get("category")
-                        .is_some_and(|c| p.categories.contains(c))
-            })
-            .map(|i| read_crop(i, self.kind()))
-            .collect::<Result<_, _>>()?;
+        let crops = read_crops_of(ctx.inputs, &p.categories, self.kind())?;
         let mut scores = Vec::with_capacity(crops.len());
         let mut masks = Vec::with_capacity(crops.len());
         for crop in &crops {

@@ -12,7 +12,9 @@ use covflow_models::heal_volumes;
 
 use crate::gan_train::{GanInfo, INFO, WEIGHTS};
 use crate::kernel_device;
-use crate::masks::{Crop, Quality, SliceTable, item_dir, read_crop, write_scores};
+use crate::masks::{
+    Quality, SliceTable, infected_categories, item_dir, read_crops_of, write_scores,
+};
 
 /// The `pseudo_mask` stage kind.
 pub struct PseudoMaskStage;
@@ -22,16 +24,13 @@ pub struct PseudoMaskStage;
 #[serde(deny_unknown_fields)]
 pub struct PseudoMaskParams {
     /// Categories to make pseudo-masks for (every item when empty).
-    #[serde(default = "infected")]
+    #[serde(default = "infected_categories")]
     pub categories: Vec<String>,
     /// Volumes the generator heals at once (memory grows with it).
     #[serde(default = "batch")]
     pub batch: usize,
 }
 
-fn infected() -> Vec<String> {
-    (1..=4).map(|k| format!("CT-{k}")).collect()
-}
 fn batch() -> usize {
     2
 }
@@ -109,16 +108,7 @@ impl Stage for PseudoMaskStage {
         })?;
         let info: GanInfo =
             serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", info_path.display()))?;
-        let crops: Vec<Crop> = ctx.inputs[1..]
-            .iter()
-            .filter(|i| {
-                p.categories.is_empty()
-                    || i.attrs
-                        .get("category")
-                        .is_some_and(|c| p.categories.contains(c))
-            })
-            .map(|i| read_crop(i, self.kind()))
-            .collect::<Result<_, _>>()?;
+        let crops = read_crops_of(&ctx.inputs[1..], &p.categories, self.kind())?;
         if let Some(c) = crops.iter().find(|c| c.shape != info.shape) {
             return Err(format!("{} is {:?} but the GAN was trained on {:?}\n  help: use the crops the GAN was trained on", c.id, c.shape, info.shape).into());
         }
