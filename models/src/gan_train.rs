@@ -341,22 +341,10 @@ impl<B: AutodiffBackend> GanTrainer<B> {
             .into_iter()
             .find(|d| d.join("state.json").is_file());
         let Some(dir) = dir else { return Ok(false) };
-        let rec = BinFileRecorder::<FullPrecisionSettings>::new();
-        let load_err = |what: &str, e: burn::record::RecorderError| {
-            CheckpointError::Record(dir.join(what), e.to_string())
-        };
-        let g = rec
-            .load(dir.join("generator"), &self.device)
-            .map_err(|e| load_err("generator", e))?;
-        let d = rec
-            .load(dir.join("discriminator"), &self.device)
-            .map_err(|e| load_err("discriminator", e))?;
-        let og = rec
-            .load(dir.join("generator_adam"), &self.device)
-            .map_err(|e| load_err("generator_adam", e))?;
-        let od = rec
-            .load(dir.join("discriminator_adam"), &self.device)
-            .map_err(|e| load_err("discriminator_adam", e))?;
+        let g = load_record(&dir, "generator", &self.device)?;
+        let d = load_record(&dir, "discriminator", &self.device)?;
+        let og = load_record(&dir, "generator_adam", &self.device)?;
+        let od = load_record(&dir, "discriminator_adam", &self.device)?;
         let path = dir.join("state.json");
         let text = std::fs::read(&path).map_err(|e| CheckpointError::io(&path, e))?;
         let state: CheckpointState = serde_json::from_slice(&text)
@@ -374,6 +362,17 @@ impl<B: AutodiffBackend> GanTrainer<B> {
     pub fn inference_generator(&self) -> Generator<B::InnerBackend> {
         self.generator.valid()
     }
+}
+
+/// One record of a checkpoint folder, its file named in the error.
+fn load_record<B: Backend, R: burn::record::Record<B>>(
+    dir: &Path,
+    name: &str,
+    device: &B::Device,
+) -> Result<R, CheckpointError> {
+    BinFileRecorder::<FullPrecisionSettings>::new()
+        .load(dir.join(name), device)
+        .map_err(|e| CheckpointError::Record(dir.join(name), e.to_string()))
 }
 
 /// Saves trained generator weights.
