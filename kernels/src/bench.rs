@@ -273,5 +273,109 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
         gb_per_s: gbs,
         percent_of_copy: 100.0 * gbs / copy_gbs,
     });
+
+    // The GAN discriminator's first pooling at the reference batch: 5 × 32 channels of the
+    // 30 × 126 × 126 that its first valid convolution leaves of a 32 × 128 × 128 crop.
+    let (planes, dims) = (5 * 32, [30usize, 126, 126]);
+    let n_in = planes * dims.iter().product::<usize>();
+    let n_out = planes * crate::pooled_shape(dims).iter().product::<usize>();
+    let x = crate::random_hu(n_in, 7);
+    let g = crate::random_hu(n_out, 8);
+    let (xh, gh) = (
+        client.create_from_slice(f32::as_bytes(&x)),
+        client.create_from_slice(f32::as_bytes(&g)),
+    );
+    for backward in [false, true] {
+        let mut out = None;
+        let ms = median_ms(client, reps, || {
+            out = Some(if backward {
+                crate::launch_max_pool3d_backward(client, xh.clone(), gh.clone(), planes, dims)
+            } else {
+                crate::launch_max_pool3d(client, xh.clone(), planes, dims)
+            });
+        });
+        let got = f32::from_bytes(&client.read_one_unchecked(out.expect("launched"))).to_vec();
+        let (want, bytes) = if backward {
+            let w = crate::max_pool3d_backward_reference(&x, &g, planes, dims);
+            (w, (2 * n_in + n_out) * 4)
+        } else {
+            (
+                crate::max_pool3d_reference(&x, planes, dims),
+                (n_in + n_out) * 4,
+            )
+        };
+        let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
+        reports.push(KernelReport {
+            kernel: format!("max-pool 3-D{}", if backward { " backward" } else { "" }),
+            size: "5x32x30x126x126".into(),
+            max_error: crate::max_abs_diff(&want, &got[..want.len()]),
+            ms,
+            gb_per_s: gbs,
+            percent_of_copy: 100.0 * gbs / copy_gbs,
+        });
+    }
+
+    // The augmentation of one reference batch: 8 of 32 slices of 5 volumes, 128 × 128, 10
+    // octaves. Compute-bound: its bandwidth is only the fields written.
+    let fields: Vec<_> = (0..40u64)
+        .map(|k| {
+            let f = crate::perlin::Fractal {
+                scale: 10.0 + k as f32 / 2.0,
+                octaves: 10,
+                persistence: if k % 2 == 0 { 0.5 } else { -0.5 },
+                lacunarity: 2.0,
+            };
+            (crate::perlin::Permutation::seeded(k), f)
+        })
+        .collect();
+    let mut out = None;
+    let ms = median_ms(client, reps, || {
+        out = Some(crate::perlin::launch_fractal_slices(
+            client, &fields, 128, 128,
+        ));
+    });
+    let got = f32::from_bytes(&client.read_one_unchecked(out.expect("launched"))).to_vec();
+    let want = crate::perlin::fractal_slices(&fields, 128, 128);
+    let gbs = (want.len() * 4) as f64 / (ms * 1e-3) / 1e9;
+    reports.push(KernelReport {
+        kernel: "perlin fBm (10 octaves)".into(),
+        size: "40x128x128".into(),
+        max_error: crate::max_abs_diff(&want, &got),
+        ms,
+        gb_per_s: gbs,
+        percent_of_copy: 100.0 * gbs / copy_gbs,
+    });
+
+    // The pseudo-mask pass over one reference crop (32 × 128 × 128): ranges, then the fused pass.
+    let dims = [32usize, 128, 128];
+    let n_v = dims.iter().product::<usize>();
+    let scan: Vec<f32> = crate::random_hu(n_v, 9).iter().map(|v| v / 1e3).collect();
+    let twin: Vec<f32> = crate::random_hu(n_v, 10).iter().map(|v| v / 1e3).collect();
+    let lung: Vec<f32> = scan.iter().map(|v| f32::from(*v > 0.0)).collect();
+    let up = |v: &[f32]| client.create_from_slice(f32::as_bytes(v));
+    let (sh, th, lh) = (up(&scan), up(&twin), up(&lung));
+    let mut out = None;
+    let ms = median_ms(client, reps, || {
+        out = Some(crate::launch_pseudo_mask(
+            client,
+            sh.clone(),
+            th.clone(),
+            lh.clone(),
+            dims,
+        ));
+    });
+    let (diff, _) = out.expect("launched");
+    let got = f32::from_bytes(&client.read_one_unchecked(diff)).to_vec();
+    let (want, _) = crate::pseudo_mask_reference(&scan, &twin, &lung, dims);
+    // Scan and twin read twice (ranges, then the pass), the lung once, the difference written.
+    let gbs = (6 * n_v * 4) as f64 / (ms * 1e-3) / 1e9;
+    reports.push(KernelReport {
+        kernel: "pseudo-mask pass (ranges + fused)".into(),
+        size: "32x128x128".into(),
+        max_error: crate::max_abs_diff(&want, &got),
+        ms,
+        gb_per_s: gbs,
+        percent_of_copy: 100.0 * gbs / copy_gbs,
+    });
     reports
 }

@@ -61,6 +61,8 @@ mod device;
 mod morphology;
 mod ops;
 pub mod perlin;
+mod pool3d;
+mod pseudo_mask;
 mod resample;
 mod upsample;
 
@@ -76,6 +78,13 @@ pub use morphology::{
 
 pub use device::{Device, UnknownDevice};
 pub use ops::Kernels;
+pub use pool3d::{
+    launch_max_pool3d, launch_max_pool3d_backward, max_pool3d, max_pool3d_backward_kernel,
+    max_pool3d_backward_reference, max_pool3d_kernel, max_pool3d_reference, pooled_shape,
+};
+pub use pseudo_mask::{
+    launch_pseudo_mask, pseudo_mask, pseudo_mask_kernel, pseudo_mask_reference, slice_ranges_kernel,
+};
 pub use resample::{Shape3, resample_window, resample_window_kernel, resample_window_reference};
 pub use upsample::{
     launch_upsample2x, launch_upsample2x_backward, upsample2x_backward_kernel,

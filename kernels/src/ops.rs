@@ -6,7 +6,8 @@ use cubecl::prelude::ComputeClient;
 
 use crate::{
     Connectivity, Device, Morph, Shape3, blur_axis, blur_axis_reference, label_components,
-    label_components_reference, morph, morph_reference, resample_window, resample_window_reference,
+    label_components_reference, morph, morph_reference, pseudo_mask, pseudo_mask_reference,
+    resample_window, resample_window_reference,
 };
 
 /// The kernels of one device.
@@ -93,6 +94,19 @@ impl Kernels {
     pub fn morph(&self, mask: &[u8], shape: Shape3, offsets: &[[i32; 3]], op: Morph) -> Vec<u8> {
         dispatch!(self, morph_reference(mask, shape, offsets, op), |c| {
             morph(c, mask, shape, offsets, op)
+        })
+    }
+
+    /// [`crate::pseudo_mask`]: the difference volume and its slice sums.
+    pub fn pseudo_mask(
+        &self,
+        scan: &[f32],
+        twin: &[f32],
+        lung: &[f32],
+        shape: Shape3,
+    ) -> (Vec<f32>, Vec<f64>) {
+        dispatch!(self, pseudo_mask_reference(scan, twin, lung, shape), |c| {
+            pseudo_mask(c, scan, twin, lung, shape)
         })
     }
 }

@@ -1,9 +1,12 @@
 //! What covflow's models need from a backend beyond burn's own operations.
 //!
-//! [`ModelBackend`] has two operations, each with a provided (portable) implementation and an
+//! [`ModelBackend`] has these operations, each with a provided (portable) implementation and an
 //! override on burn's cubecl backends (wgpu, CUDA), registered with burn's autodiff as one node:
 //! - the TransUNet decoder's bilinear ×2 upsampling (burn 0.21 has no backward for it): the
 //!   exact matrix form everywhere, covflow's cubecl kernels on cubecl backends;
+//! - the GAN's 3-D max-pooling (burn has none): burn's 2-D pooling and a max over depth pairs,
+//!   differentiated by burn, everywhere; our forward and backward kernels on cubecl backends;
+//! - Perlin noise fields for the GAN's augmentation, made on the device where the batch lives;
 //! - convolution by implicit GEMM (burn-cubecl's `ConvStrategy::ImplicitGemm`, forward and both
 //!   backward passes), which burn only reaches through autotune — whose compile volume kept the
 //!   first training step from finishing (BENCHMARKS.md). It needs the device's matrix units
@@ -18,13 +21,16 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, NdArray};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
-use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
+use burn::tensor::{Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive, backend::Backend};
 use burn_cubecl::kernel::conv::{
     ConvStrategy, conv_data_backward, conv_forward, conv_weight_backward,
 };
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement, tensor::CubeTensor};
+use covflow_kernels::perlin::{Fractal, Permutation};
 
+use crate::gan::max_pool3d_plain;
 use crate::upsample::{upsample2x_backward_matrix, upsample2x_matrix};
 
 /// The operations covflow's models take from a backend; see the module documentation.
@@ -39,6 +45,51 @@ pub trait ModelBackend: Backend {
     fn upsample2x_backward(grad: FloatTensor<Self>, input: Shape) -> FloatTensor<Self> {
         let g = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(grad));
         upsample2x_backward_matrix(g, [input[0], input[1], input[2], input[3]])
+            .into_primitive()
+            .tensor()
+    }
+
+    /// Whether [`ModelBackend::max_pool3d_backward`] is this backend's own kernel. Where it is
+    /// not, burn differentiates the plain composition ([`max_pool3d_plain`]) instead.
+    const POOL3D_KERNEL: bool = false;
+
+    /// 2 × 2 × 2 max-pooling with stride 2 of `[N, C, D, H, W]` (odd sizes floored).
+    fn max_pool3d(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = Tensor::<Self, 5>::from_primitive(TensorPrimitive::Float(x));
+        max_pool3d_plain(x).into_primitive().tensor()
+    }
+
+    /// The gradient for [`ModelBackend::max_pool3d`]'s input `x`, given its output's gradient
+    /// (each window's first maximum takes it). Provided through the host reference; cubecl
+    /// backends run the kernel.
+    fn max_pool3d_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = Tensor::<Self, 5>::from_primitive(TensorPrimitive::Float(x));
+        let g = Tensor::<Self, 5>::from_primitive(TensorPrimitive::Float(grad));
+        let dims = x.dims();
+        let device = x.device();
+        let values: Vec<f32> = x.into_data().convert::<f32>().to_vec().expect("f32 values");
+        let grad: Vec<f32> = g.into_data().convert::<f32>().to_vec().expect("f32 values");
+        let out = covflow_kernels::max_pool3d_backward_reference(
+            &values,
+            &grad,
+            dims[0] * dims[1],
+            [dims[2], dims[3], dims[4]],
+        );
+        Tensor::<Self, 5>::from_data(TensorData::new(out, dims), &device)
+            .into_primitive()
+            .tensor()
+    }
+
+    /// Fractal Perlin noise fields, one per `(table, fractal)`, as `[fields, rows, cols]` on
+    /// `device` (made there by a kernel on cubecl backends). One octave count for all.
+    fn fractal_slices(
+        fields: &[(Permutation, Fractal)],
+        rows: usize,
+        cols: usize,
+        device: &Self::Device,
+    ) -> FloatTensor<Self> {
+        let values = covflow_kernels::perlin::fractal_slices(fields, rows, cols);
+        Tensor::<Self, 3>::from_data(TensorData::new(values, [fields.len(), rows, cols]), device)
             .into_primitive()
             .tensor()
     }
@@ -89,6 +140,61 @@ fn warn_gemm_unavailable(what: &str, err: impl std::fmt::Debug) {
 
 /// The upsampling kernels and burn-cubecl's implicit-GEMM convolution, on float32 tensors.
 impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBackend<R, f32, I, BT> {
+    const POOL3D_KERNEL: bool = true;
+
+    fn max_pool3d(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = burn_cubecl::kernel::into_contiguous(x);
+        let s = x.shape();
+        let dims = [s[2], s[3], s[4]];
+        let out =
+            covflow_kernels::launch_max_pool3d::<R>(&x.client, x.handle.clone(), s[0] * s[1], dims);
+        let [d, h, w] = covflow_kernels::pooled_shape(dims);
+        CubeTensor::new_contiguous(
+            x.client.clone(),
+            x.device.clone(),
+            Shape::new([s[0], s[1], d, h, w]),
+            out,
+            burn::tensor::DType::F32,
+        )
+    }
+
+    fn max_pool3d_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = burn_cubecl::kernel::into_contiguous(x);
+        let g = burn_cubecl::kernel::into_contiguous(grad);
+        let s = x.shape();
+        let out = covflow_kernels::launch_max_pool3d_backward::<R>(
+            &x.client,
+            x.handle.clone(),
+            g.handle.clone(),
+            s[0] * s[1],
+            [s[2], s[3], s[4]],
+        );
+        CubeTensor::new_contiguous(
+            x.client.clone(),
+            x.device.clone(),
+            s,
+            out,
+            burn::tensor::DType::F32,
+        )
+    }
+
+    fn fractal_slices(
+        fields: &[(Permutation, Fractal)],
+        rows: usize,
+        cols: usize,
+        device: &Self::Device,
+    ) -> FloatTensor<Self> {
+        let client = R::client(device);
+        let out = covflow_kernels::perlin::launch_fractal_slices::<R>(&client, fields, rows, cols);
+        CubeTensor::new_contiguous(
+            client,
+            device.clone(),
+            Shape::new([fields.len(), rows, cols]),
+            out,
+            burn::tensor::DType::F32,
+        )
+    }
+
     fn upsample2x(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let x = burn_cubecl::kernel::into_contiguous(x);
         let s = x.shape();
@@ -182,6 +288,55 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
 
 /// One autodiff node per operation, whose backward calls the inner backend's.
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn max_pool3d(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !B::POOL3D_KERNEL {
+            let x = Tensor::<Self, 5>::from_primitive(TensorPrimitive::Float(x));
+            return max_pool3d_plain(x).into_primitive().tensor();
+        }
+
+        #[derive(Debug)]
+        struct MaxPool3d;
+
+        impl<B: ModelBackend> Backward<B, 1> for MaxPool3d {
+            type State = NodeId;
+
+            fn backward(
+                self,
+                ops: Ops<NodeId, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [parent] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                if let Some(node) = parent {
+                    let x: FloatTensor<B> = checkpointer.retrieve_node_output(ops.state);
+                    grads.register::<B>(node.id, B::max_pool3d_backward(x, grad));
+                }
+            }
+        }
+
+        match MaxPool3d
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = prep.checkpoint(&x);
+                prep.finish(x_id, B::max_pool3d(x.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::max_pool3d(x.primitive)),
+        }
+    }
+
+    fn fractal_slices(
+        fields: &[(Permutation, Fractal)],
+        rows: usize,
+        cols: usize,
+        device: &Self::Device,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::fractal_slices(fields, rows, cols, device))
+    }
+
     fn upsample2x(x: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Upsample2x;

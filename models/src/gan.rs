@@ -10,19 +10,26 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
+use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::{Conv3dLayer, ConvImpl};
+use crate::{Conv3dLayer, ConvImpl, ModelBackend};
 
-/// 2 × 2 × 2 max-pooling with stride 2 of `[N, C, D, H, W]`, odd sizes floored (Keras' `valid`).
-///
-/// Built from burn's 2-D pooling: `max_pool2d` over (H, W) on `[N, C·D, H, W]`, then the larger
-/// of each pair of depth slices. Both steps carry exact gradients (to the maximum of each
-/// window), so it trains on every backend; a fused kernel can replace it on GPUs.
-pub fn max_pool3d<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 5> {
+/// 2 × 2 × 2 max-pooling with stride 2 of `[N, C, D, H, W]`, odd sizes floored (Keras' `valid`),
+/// on the backend's best path: our kernels (forward and backward) on cubecl backends, the plain
+/// composition [`max_pool3d_plain`] elsewhere.
+pub fn max_pool3d<B: ModelBackend>(x: Tensor<B, 5>) -> Tensor<B, 5> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::max_pool3d(
+        x.into_primitive().tensor(),
+    )))
+}
+
+/// [`max_pool3d`] from burn's 2-D pooling: `max_pool2d` over (H, W) on `[N, C·D, H, W]`, then
+/// the larger of each pair of depth slices. Both steps carry exact gradients (to the maximum of
+/// each window), so burn differentiates it on every backend.
+pub fn max_pool3d_plain<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 5> {
     let [n, c, d, h, w] = x.dims();
     let d2 = d / 2;
     // The last slice of an odd depth belongs to no window.
@@ -85,7 +92,7 @@ impl DiscriminatorConfig {
     }
 }
 
-impl<B: Backend> Discriminator<B> {
+impl<B: ModelBackend> Discriminator<B> {
     /// Class probabilities (softmax over "real healthy", "generated").
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 2> {
         let x = self.pooled(x);
@@ -137,57 +144,78 @@ impl<B: Backend> Discriminator<B> {
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, NdArray};
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, TensorData};
 
     type B = NdArray;
 
-    /// The plain reference: the maximum of each 2 × 2 × 2 window, and where it is.
-    fn reference(x: &[f32], [n, c, d, h, w]: [usize; 5]) -> (Vec<f32>, Vec<usize>) {
-        let (d2, h2, w2) = (d / 2, h / 2, w / 2);
-        let at = |b, k, z, y, x_| (((b * c + k) * d + z) * h + y) * w + x_;
-        let (mut out, mut argmax) = (Vec::new(), Vec::new());
-        for b in 0..n {
-            for k in 0..c {
-                for z in 0..d2 {
-                    for y in 0..h2 {
-                        for x_ in 0..w2 {
-                            let mut best = (f32::NEG_INFINITY, 0);
-                            for (dz, dy, dx) in (0..8).map(|i| (i >> 2, (i >> 1) & 1, i & 1)) {
-                                let i = at(b, k, 2 * z + dz, 2 * y + dy, 2 * x_ + dx);
-                                if x[i] > best.0 {
-                                    best = (x[i], i);
-                                }
-                            }
-                            out.push(best.0);
-                            argmax.push(best.1);
-                        }
-                    }
-                }
-            }
-        }
-        (out, argmax)
+    /// Pooled output and input gradient of `sum(max_pool3d(x) ⊙ r)` on backend `A`.
+    fn pool_and_grad<A: burn::tensor::backend::AutodiffBackend + ModelBackend>(
+        x: &[f32],
+        r: &[f32],
+        shape: [usize; 5],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let device = Default::default();
+        let xt =
+            Tensor::<A, 5>::from_data(TensorData::new(x.to_vec(), shape), &device).require_grad();
+        let y = max_pool3d(xt.clone());
+        let rt = Tensor::<A, 5>::from_data(TensorData::new(r.to_vec(), y.dims()), &device);
+        let grads = (y.clone() * rt).sum().backward();
+        let g = xt.grad(&grads).expect("x is tracked");
+        (
+            y.into_data().to_vec().unwrap(),
+            g.into_data().to_vec().unwrap(),
+        )
     }
 
+    fn random(shape: [usize; 5], seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let n: usize = shape.iter().product();
+        let m = shape[0] * shape[1] * (shape[2] / 2) * (shape[3] / 2) * (shape[4] / 2);
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut draw =
+            |k: usize| -> Vec<f32> { (0..k).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        (draw(n), draw(m))
+    }
+
+    const SHAPES: [[usize; 5]; 3] = [[2, 3, 4, 6, 8], [1, 2, 5, 7, 6], [1, 1, 3, 3, 3]];
+
+    /// The fallback (burn's 2-D pooling and a max over depth pairs, differentiated by burn)
+    /// against the kernels' plain reference; and the provided host backward against both.
     #[test]
-    fn max_pool3d_and_its_gradient_match_the_reference_on_random_volumes() {
-        let device = Default::default();
-        for shape in [[2, 3, 4, 6, 8], [1, 2, 5, 7, 6], [1, 1, 3, 3, 3]] {
-            let x =
-                Tensor::<Autodiff<B>, 5>::random(shape, Distribution::Normal(0.0, 1.0), &device)
-                    .require_grad();
-            let values: Vec<f32> = x.to_data().to_vec().unwrap();
-            let (want, argmax) = reference(&values, shape);
-            let y = max_pool3d(x.clone());
-            let got: Vec<f32> = y.to_data().to_vec().unwrap();
-            assert_eq!(got, want, "{shape:?}");
-            // d(sum y)/dx: 1 at each window's maximum, 0 elsewhere.
-            let grads = y.sum().backward();
-            let g: Vec<f32> = x.grad(&grads).unwrap().to_data().to_vec().unwrap();
-            let mut expected = vec![0.0f32; values.len()];
-            for i in argmax {
-                expected[i] = 1.0;
-            }
-            assert_eq!(g, expected, "{shape:?}");
+    fn max_pool3d_fallback_and_its_gradient_match_the_reference_on_random_volumes() {
+        for (k, shape) in SHAPES.into_iter().enumerate() {
+            let (x, r) = random(shape, k as u64);
+            let (planes, dims) = (shape[0] * shape[1], [shape[2], shape[3], shape[4]]);
+            let (y, g) = pool_and_grad::<Autodiff<B>>(&x, &r, shape);
+            assert_eq!(y, covflow_kernels::max_pool3d_reference(&x, planes, dims));
+            let want = covflow_kernels::max_pool3d_backward_reference(&x, &r, planes, dims);
+            assert_eq!(g, want, "{shape:?}");
+            let device = Default::default();
+            let xt = Tensor::<B, 5>::from_data(TensorData::new(x.clone(), shape), &device);
+            let pooled = [shape[0], shape[1], shape[2] / 2, shape[3] / 2, shape[4] / 2];
+            let rt = Tensor::<B, 5>::from_data(TensorData::new(r.clone(), pooled), &device);
+            let host = <B as ModelBackend>::max_pool3d_backward(
+                xt.into_primitive().tensor(),
+                rt.into_primitive().tensor(),
+            );
+            let host: Vec<f32> = Tensor::<B, 5>::from_primitive(TensorPrimitive::Float(host))
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert_eq!(host, want, "{shape:?} provided backward");
+        }
+    }
+
+    /// Our kernels, registered with burn's autodiff on wgpu, against the fallback on NdArray.
+    #[test]
+    fn wgpu_max_pool3d_kernels_match_the_fallback_forward_and_backward() {
+        type Gpu = Autodiff<burn::backend::Wgpu>;
+        for (k, shape) in SHAPES.into_iter().enumerate() {
+            let (x, r) = random(shape, k as u64);
+            let (y_gpu, g_gpu) = pool_and_grad::<Gpu>(&x, &r, shape);
+            let (y_cpu, g_cpu) = pool_and_grad::<Autodiff<B>>(&x, &r, shape);
+            assert_eq!(y_gpu, y_cpu, "{shape:?} forward");
+            assert_eq!(g_gpu, g_cpu, "{shape:?} gradient");
         }
     }
 

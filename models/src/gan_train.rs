@@ -20,13 +20,13 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
-use covflow_kernels::perlin::{Fractal, Permutation, fractal_slice};
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use covflow_kernels::perlin::{Fractal, Permutation};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig};
+use crate::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, ModelBackend};
 
 /// The Perlin-noise augmentation of step 1 (the original's values are the defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -140,7 +140,10 @@ pub fn generator_config(recipe: &GanRecipe) -> GeneratorConfig {
     GeneratorConfig::with_width(recipe.width).with_conv(recipe.conv)
 }
 
-impl<B: AutodiffBackend> GanTrainer<B> {
+impl<B: AutodiffBackend + ModelBackend> GanTrainer<B>
+where
+    B::InnerBackend: ModelBackend,
+{
     /// Fresh models (seeded) and optimisers.
     pub fn new(recipe: GanRecipe, device: B::Device) -> Self {
         // Weights from our own generator: burn's is one per process, shared with every other
@@ -182,12 +185,19 @@ impl<B: AutodiffBackend> GanTrainer<B> {
         };
         let healthy = pick(&mut rng, &data.healthy);
         let infected = pick(&mut rng, &data.infected);
-        let noisy: Vec<Vec<f32>> = healthy
+        let [d, _, w] = data.shape;
+        let plans: Vec<NoisePlan> = healthy
             .iter()
-            .map(|s| augment(s, data.shape, &self.recipe.noise, &mut rng))
+            .map(|_| plan_noise(d, w, &self.recipe.noise, &mut rng))
             .collect();
         let healthy_t = self.batch(healthy.iter().map(|s| s.ct.as_slice()), data.shape);
-        let noisy_t = self.batch(noisy.iter().map(Vec::as_slice), data.shape);
+        let lung_t = self.batch(healthy.iter().map(|s| s.lung.as_slice()), data.shape);
+        let noisy_t = add_noise(
+            healthy_t.clone(),
+            lung_t,
+            &plans,
+            self.recipe.noise.amplitude,
+        );
         let infected_t = self.batch(infected.iter().map(|s| s.ct.as_slice()), data.shape);
         let real = self.targets(n, [1.0, 0.0]);
         let fake = self.targets(n, [0.0, 1.0]);
@@ -401,7 +411,7 @@ pub fn load_generator<B: Backend>(
 
 /// The healthy twin of each volume: the generator at the latent noise's mean (zero), so the
 /// twin is a function of the scan alone. `[D, H, W]` volumes in, the same out.
-pub fn heal<B: Backend>(
+pub fn heal<B: ModelBackend>(
     generator: &Generator<B>,
     volumes: &[&[f32]],
     shape: [usize; 3],
@@ -420,42 +430,64 @@ pub fn heal<B: Backend>(
     y.chunks(d * h * w).map(<[f32]>::to_vec).collect()
 }
 
-/// Paints Perlin noise on a random `slice_fraction` of a volume's slices, inside its lungs.
-pub fn augment(
-    sample: &GanSample,
-    [d, h, w]: [usize; 3],
-    noise: &NoiseAugment,
-    rng: &mut ChaCha8Rng,
-) -> Vec<f32> {
-    let mut out = sample.ct.clone();
+/// The noise one volume gets: which slices, and the field painted on each.
+pub type NoisePlan = Vec<(usize, Permutation, Fractal)>;
+
+/// Draws the noise of one volume: a random `slice_fraction` of its `d` slices, each with its own
+/// table, scale and sign of persistence. Scales are pixels at 128 pixels across (`w` rescales).
+pub fn plan_noise(d: usize, w: usize, noise: &NoiseAugment, rng: &mut ChaCha8Rng) -> NoisePlan {
     let count = ((d as f64 * noise.slice_fraction).round() as usize).clamp(1, d);
     let slices = rand::seq::index::sample(rng, d, count);
-    // The original's scales are pixels on a 128-pixel slice.
     let across = w as f32 / 128.0;
-    for z in slices {
-        let fractal = Fractal {
-            scale: rng.random_range(noise.scale[0]..=noise.scale[1]) * across,
-            octaves: noise.octaves,
-            persistence: if rng.random_bool(0.5) {
-                noise.persistence
-            } else {
-                -noise.persistence
-            },
-            lacunarity: noise.lacunarity,
-        };
-        let field = fractal_slice(&Permutation::seeded(rng.random()), &fractal, h, w);
-        let plane = z * h * w..(z + 1) * h * w;
-        for ((v, lung), n) in out[plane.clone()]
-            .iter_mut()
-            .zip(&sample.lung[plane])
-            .zip(field)
-        {
-            if *lung > 0.5 {
-                *v = (*v + noise.amplitude * n).clamp(0.0, 1.0);
-            }
-        }
+    slices
+        .into_iter()
+        .map(|z| {
+            let fractal = Fractal {
+                scale: rng.random_range(noise.scale[0]..=noise.scale[1]) * across,
+                octaves: noise.octaves,
+                persistence: if rng.random_bool(0.5) {
+                    noise.persistence
+                } else {
+                    -noise.persistence
+                },
+                lacunarity: noise.lacunarity,
+            };
+            (z, Permutation::seeded(rng.random()), fractal)
+        })
+        .collect()
+}
+
+/// `ct` (`[N, 1, D, H, W]` in [0, 1]) with each volume's planned noise, times `amplitude`, added
+/// inside `lung` and clamped to [0, 1]. The fields are made on `ct`'s device.
+pub fn add_noise<B: ModelBackend>(
+    ct: Tensor<B, 5>,
+    lung: Tensor<B, 5>,
+    plans: &[NoisePlan],
+    amplitude: f32,
+) -> Tensor<B, 5> {
+    let [n, _, d, h, w] = ct.dims();
+    let device = ct.device();
+    let fields: Vec<(Permutation, Fractal)> = plans
+        .iter()
+        .flatten()
+        .map(|(_, p, f)| (p.clone(), *f))
+        .collect();
+    let noise = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(B::fractal_slices(
+        &fields, h, w, &device,
+    )));
+    // Slice z of volume v takes field index[v·D + z]; unplanned slices the zero field at the end.
+    let mut index = vec![fields.len() as i64; n * d];
+    let planned = plans
+        .iter()
+        .enumerate()
+        .flat_map(|(v, plan)| plan.iter().map(move |(z, _, _)| v * d + z));
+    for (field, slot) in planned.enumerate() {
+        index[slot] = field as i64;
     }
-    out
+    let noise = Tensor::cat(vec![noise, Tensor::zeros([1, h, w], &device)], 0);
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n * d]), &device);
+    let noise = noise.select(0, index).reshape([n, 1, d, h, w]);
+    (ct + noise * lung * amplitude).clamp(0.0, 1.0)
 }
 
 /// Initialises every parameter as burn's layers do (uniform in ±1/√fan_in, Kaiming's uniform
@@ -673,7 +705,18 @@ mod tests {
             amplitude: 3.0,
             ..NoiseAugment::default()
         };
-        let out = augment(s, data.shape, &noise, &mut rng);
+        let plan = plan_noise(data.shape[0], data.shape[2], &noise, &mut rng);
+        let volume = |v: &[f32]| {
+            let [d, h, w] = data.shape;
+            Tensor::<B, 5>::from_data(
+                TensorData::new(v.to_vec(), [1, 1, d, h, w]),
+                &Default::default(),
+            )
+        };
+        let out: Vec<f32> = add_noise(volume(&s.ct), volume(&s.lung), &[plan], noise.amplitude)
+            .into_data()
+            .to_vec()
+            .unwrap();
         let changed: Vec<usize> = (0..out.len()).filter(|&i| out[i] != s.ct[i]).collect();
         assert!(!changed.is_empty());
         assert!(changed.iter().all(|&i| s.lung[i] > 0.5));
@@ -681,5 +724,39 @@ mod tests {
         // A quarter of 32 slices, each with lung: 8 slices touched.
         let slices: std::collections::BTreeSet<usize> = changed.iter().map(|i| i / 1024).collect();
         assert_eq!(slices.len(), 8);
+    }
+
+    /// The augmentation made on wgpu by our kernel equals the one made on the CPU reference.
+    #[test]
+    fn noise_made_on_wgpu_matches_the_cpu_noise() {
+        fn noisy<A: ModelBackend>(
+            s: &GanSample,
+            shape: [usize; 3],
+            plans: &[NoisePlan],
+        ) -> Vec<f32> {
+            let [d, h, w] = shape;
+            let device = Default::default();
+            let volume = |v: &[f32]| {
+                Tensor::<A, 5>::from_data(TensorData::new(v.to_vec(), [1, 1, d, h, w]), &device)
+            };
+            add_noise(volume(&s.ct), volume(&s.lung), plans, 0.5)
+                .into_data()
+                .to_vec()
+                .unwrap()
+        }
+        let data = data();
+        let s = &data.healthy[0];
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let plan = plan_noise(
+            data.shape[0],
+            data.shape[2],
+            &NoiseAugment::default(),
+            &mut rng,
+        );
+        let cpu = noisy::<burn::backend::NdArray>(s, data.shape, std::slice::from_ref(&plan));
+        let gpu = noisy::<burn::backend::Wgpu>(s, data.shape, &[plan]);
+        let err = covflow_kernels::max_abs_diff(&cpu, &gpu);
+        assert!(err < 1e-5, "max difference {err}");
+        assert_ne!(cpu, s.ct, "noise was added");
     }
 }

@@ -24,7 +24,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{leaky_relu, relu};
 use burn::tensor::backend::Backend;
 
-use crate::{Conv3dLayer, ConvImpl, Up2xLayer, max_pool3d};
+use crate::{Conv3dLayer, ConvImpl, ModelBackend, Up2xLayer, max_pool3d};
 
 /// The generator's configuration; the defaults are the reference model.
 #[derive(Config, Debug)]
@@ -139,7 +139,7 @@ pub struct Generator<B: Backend> {
     slope: f64,
 }
 
-impl<B: Backend> Generator<B> {
+impl<B: ModelBackend> Generator<B> {
     /// The shape of the latent noise for a batch of `[n, 1, d, h, w]` volumes.
     pub fn noise_shape(&self, [n, _, d, h, w]: [usize; 5]) -> [usize; 5] {
         [n, self.noise_channels, d / 16, h / 16, w / 16]

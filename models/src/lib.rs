@@ -24,11 +24,11 @@ pub use conv::{ConvImpl, ConvLayer, conv2d_im2col};
 pub use conv_check::{ConvCheck, ConvShape, check_conv, transunet_conv_shapes};
 pub use conv3d::{Conv3dLayer, Up2xLayer, conv3d_im2col, up2x_matmul};
 pub use device::DeviceNotBuilt;
-pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d};
+pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d, max_pool3d_plain};
 pub use gan_run::{GanError, GanOutcome, conv_for, heal_volumes, train_gan};
 pub use gan_train::{
-    CheckpointError, GanData, GanLosses, GanRecipe, GanSample, GanTrainer, NoiseAugment, augment,
-    generator_config, heal, load_generator, save_generator,
+    CheckpointError, GanData, GanLosses, GanRecipe, GanSample, GanTrainer, NoiseAugment, NoisePlan,
+    add_noise, generator_config, heal, load_generator, plan_noise, save_generator,
 };
 pub use generator::{Generator, GeneratorConfig};
 pub use losses::{contrastive, mse, sensitivity_bce};

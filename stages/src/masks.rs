@@ -154,13 +154,24 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 impl SliceTable {
     /// Scores per slice of `(item, [D, H, W] score volume)`; classes by the quartiles of all.
     pub fn new(scored: &[(String, &[f32], [usize; 3])]) -> Self {
+        Self::from_sums(scored.iter().map(|(item, values, [d, h, w])| {
+            let sums = (0..*d)
+                .map(|z| {
+                    values[z * h * w..(z + 1) * h * w]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum()
+                })
+                .collect();
+            (item.clone(), sums)
+        }))
+    }
+
+    /// The table of `(item, each slice's score)`; classes by the quartiles of all.
+    pub fn from_sums(items: impl IntoIterator<Item = (String, Vec<f64>)>) -> Self {
         let mut slices = Vec::new();
-        for (item, values, [d, h, w]) in scored {
-            for z in 0..*d {
-                let score = values[z * h * w..(z + 1) * h * w]
-                    .iter()
-                    .map(|&v| v as f64)
-                    .sum();
+        for (item, sums) in items {
+            for (z, score) in sums.into_iter().enumerate() {
                 slices.push(SliceScore {
                     item: item.clone(),
                     slice: z,

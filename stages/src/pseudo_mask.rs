@@ -11,10 +11,10 @@ use covflow_engine::{ParamError, Stage, StageDecl, StageError, TaskContext};
 use covflow_models::heal_volumes;
 
 use crate::gan_train::{GanInfo, INFO, WEIGHTS};
-use crate::kernel_device;
 use crate::masks::{
     Quality, SliceTable, infected_categories, item_dir, read_crops_of, write_scores,
 };
+use crate::{kernel_device, kernels_for};
 
 /// The `pseudo_mask` stage kind.
 pub struct PseudoMaskStage;
@@ -33,29 +33,6 @@ pub struct PseudoMaskParams {
 
 fn batch() -> usize {
     2
-}
-
-/// Min-max normalisation to [0, 1] (a constant volume becomes 0).
-fn normalise(v: &[f32]) -> Vec<f32> {
-    let (lo, hi) = v
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        });
-    let span = hi - lo;
-    v.iter()
-        .map(|&x| if span > 0.0 { (x - lo) / span } else { 0.0 })
-        .collect()
-}
-
-/// The pseudo-mask: `normalised(scan) − normalised(twin)` inside the lung, 0 outside.
-pub fn difference(scan: &[f32], twin: &[f32], lung: &[f32]) -> Vec<f32> {
-    let (a, b) = (normalise(scan), normalise(twin));
-    a.iter()
-        .zip(&b)
-        .zip(lung)
-        .map(|((x, y), l)| if *l > 0.5 { x - y } else { 0.0 })
-        .collect()
 }
 
 impl Stage for PseudoMaskStage {
@@ -125,20 +102,18 @@ impl Stage for PseudoMaskStage {
             info.shape,
             p.batch,
         )?;
+        let kernels = kernels_for(ctx.device)?;
         let mut diffs = Vec::with_capacity(crops.len());
+        let mut sums = Vec::with_capacity(crops.len());
         for ((crop, scan), twin) in crops.iter().zip(&scans).zip(twins) {
-            let diff = difference(scan, &twin, &crop.lung);
+            let (diff, slice_sums) = kernels.pseudo_mask(scan, &twin, &crop.lung, crop.shape);
+            sums.push((crop.id.clone(), slice_sums));
             let dir = item_dir(ctx.out_dir, &crop.id)?;
             write_scores(crop, twin, &dir.join("twin.nii.gz"))?;
             write_scores(crop, diff.clone(), &dir.join("difference.nii.gz"))?;
             diffs.push(diff);
         }
-        let scored: Vec<(String, &[f32], [usize; 3])> = crops
-            .iter()
-            .zip(&diffs)
-            .map(|(c, d)| (c.id.clone(), d.as_slice(), c.shape))
-            .collect();
-        let table = SliceTable::new(&scored);
+        let table = SliceTable::from_sums(sums);
         table.write(ctx.out_dir)?;
         let quality = Quality::judge(&crops, &diffs, &info.holdout);
         quality.write(ctx.out_dir)?;
@@ -151,20 +126,5 @@ impl Stage for PseudoMaskStage {
             quality.holdout.map(|s| s.best_dice)
         ));
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_difference_is_normalised_and_stays_in_the_lung() {
-        let scan = [0.0, 2.0, 4.0, 1.0];
-        let twin = [1.0, 1.0, 3.0, 1.0];
-        let lung = [1.0, 1.0, 1.0, 0.0];
-        // scan → [0, .5, 1, .25], twin → [0, 0, 1, 0].
-        assert_eq!(difference(&scan, &twin, &lung), vec![0.0, 0.5, 0.0, 0.0]);
-        assert_eq!(normalise(&[3.0, 3.0]), vec![0.0, 0.0]);
     }
 }
