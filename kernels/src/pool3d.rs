@@ -6,9 +6,8 @@
 //! voxel of an odd axis is never pooled and gets no gradient.
 //!
 //! Canonical choice: the maximum of a window is its *first* largest voxel in (d, h, w) row-major
-//! order, and only that voxel receives the output's gradient. The backward is written in gather
-//! form (every input voxel finds its window's winner and takes the gradient if it is itself), so
-//! it needs no atomics and is deterministic.
+//! order, and only that voxel receives the output's gradient. Windows do not overlap, so the
+//! backward writes each window's eight voxels from one unit: no atomics, deterministic.
 
 use cubecl::prelude::*;
 
@@ -107,7 +106,8 @@ pub fn max_pool3d_kernel(input: &Array<f32>, output: &mut Array<f32>, d: u32, h:
     output[ABSOLUTE_POS] = input[best as usize];
 }
 
-/// One input voxel per unit: the gradient of its window's output if it is the window's winner.
+/// One output voxel per unit: its gradient to its window's winner, zero to the other seven.
+/// Windows do not overlap (stride = size), so no two units write the same voxel.
 #[cube(launch)]
 pub fn max_pool3d_backward_kernel(
     input: &Array<f32>,
@@ -117,20 +117,36 @@ pub fn max_pool3d_backward_kernel(
     h: u32,
     w: u32,
 ) {
-    if ABSOLUTE_POS >= output.len() {
+    if ABSOLUTE_POS >= grad.len() {
         terminate!();
     }
     let (od, oh, ow) = (d / 2, h / 2, w / 2);
-    let i = ABSOLUTE_POS as u32;
-    let x = (i % w) / 2;
-    let y = ((i / w) % h) / 2;
-    let z = ((i / (w * h)) % d) / 2;
-    let p = i / (w * h * d);
-    let mut g = 0.0f32;
-    if z < od && y < oh && x < ow && window_winner(input, p * d * h * w, h, w, z, y, x) == i {
-        g = grad[(((p * od + z) * oh + y) * ow + x) as usize];
+    let o = ABSOLUTE_POS as u32;
+    let x = o % ow;
+    let y = (o / ow) % oh;
+    let z = (o / (ow * oh)) % od;
+    let base = (o / (ow * oh * od)) * d * h * w;
+    let best = window_winner(input, base, h, w, z, y, x);
+    let g = grad[ABSOLUTE_POS];
+    for k in 0..8u32 {
+        let dz = k / 4;
+        let dy = (k / 2) % 2;
+        let dx = k % 2;
+        let i = base + ((2 * z + dz) * h + 2 * y + dy) * w + 2 * x + dx;
+        let mut v = 0.0f32;
+        if i == best {
+            v = g;
+        }
+        output[i as usize] = v;
     }
-    output[ABSOLUTE_POS] = g;
+}
+
+/// Zeroes a buffer: the voxels of odd axes' last planes, which no window covers.
+#[cube(launch)]
+pub fn zero_kernel(output: &mut Array<f32>) {
+    if ABSOLUTE_POS < output.len() {
+        output[ABSOLUTE_POS] = 0.0;
+    }
 }
 
 /// Launches the forward on `input` (a device buffer of `planes · d·h·w` floats) into a new
@@ -171,17 +187,27 @@ pub fn launch_max_pool3d_backward<R: Runtime>(
     let n_in = planes * dims.iter().product::<usize>();
     let n_out = planes * pooled_shape(dims).iter().product::<usize>();
     let out = client.empty(n_in.max(1) * 4);
-    max_pool3d_backward_kernel::launch::<R>(
-        client,
-        crate::cube_count_for(n_in, 256),
-        CubeDim::new_1d(256),
-        unsafe { ArrayArg::from_raw_parts(input, n_in) },
-        unsafe { ArrayArg::from_raw_parts(grad, n_out.max(1)) },
-        unsafe { ArrayArg::from_raw_parts(out.clone(), n_in) },
-        dims[0] as u32,
-        dims[1] as u32,
-        dims[2] as u32,
-    );
+    if dims.iter().any(|a| a % 2 == 1) || n_out == 0 {
+        zero_kernel::launch::<R>(
+            client,
+            crate::cube_count_for(n_in, 256),
+            CubeDim::new_1d(256),
+            unsafe { ArrayArg::from_raw_parts(out.clone(), n_in.max(1)) },
+        );
+    }
+    if n_out > 0 {
+        max_pool3d_backward_kernel::launch::<R>(
+            client,
+            crate::cube_count_for(n_out, 256),
+            CubeDim::new_1d(256),
+            unsafe { ArrayArg::from_raw_parts(input, n_in) },
+            unsafe { ArrayArg::from_raw_parts(grad, n_out) },
+            unsafe { ArrayArg::from_raw_parts(out.clone(), n_in) },
+            dims[0] as u32,
+            dims[1] as u32,
+            dims[2] as u32,
+        );
+    }
     out
 }
 

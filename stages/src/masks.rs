@@ -218,24 +218,37 @@ pub struct Quality {
     pub holdout_items: Vec<String>,
     /// Every item with a lesion mask pooled.
     pub all: Option<Separation>,
+    /// The held-out items' lesion voxels against only their *dense* healthy lung voxels (at or
+    /// above [`DENSE_HU`]: vessels, airway walls): whether the score tells a lesion from the
+    /// structures an intensity threshold mistakes for one. 0.5 is chance.
+    pub holdout_dense: Option<Separation>,
 }
+
+/// Lung voxels at or above this are dense (vessels, airway walls, lesions): the naive baseline's
+/// default threshold.
+pub const DENSE_HU: f32 = -500.0;
 
 impl Quality {
     /// Judges `score` (one `[D, H, W]` volume per crop) where the crops have lesion masks.
     pub fn judge(crops: &[Crop], scores: &[Vec<f32>], holdout: &[String]) -> Self {
         let mut q = Quality::default();
         let (mut pooled_holdout, mut pooled_all) = (Vec::new(), Vec::new());
+        let mut pooled_dense = Vec::new();
         for (crop, score) in crops.iter().zip(scores) {
             let Some(lesion) = &crop.lesion else { continue };
-            let pairs: Vec<(f32, bool)> = score
-                .iter()
-                .zip(&crop.lung)
-                .zip(lesion)
-                .filter(|((_, l), _)| **l > 0.5)
-                .map(|((s, _), t)| (*s, *t > 0.5))
-                .collect();
+            let dense = crop.units.from_hu(DENSE_HU);
+            let (mut pairs, mut dense_pairs) = (Vec::new(), Vec::new());
+            for (((s, l), t), ct) in score.iter().zip(&crop.lung).zip(lesion).zip(&crop.ct) {
+                if *l > 0.5 {
+                    pairs.push((*s, *t > 0.5));
+                    if *t > 0.5 || *ct >= dense {
+                        dense_pairs.push((*s, *t > 0.5));
+                    }
+                }
+            }
             if holdout.contains(&crop.id) {
                 pooled_holdout.extend_from_slice(&pairs);
+                pooled_dense.extend(dense_pairs);
                 q.holdout_items.push(crop.id.clone());
             }
             pooled_all.extend_from_slice(&pairs);
@@ -243,7 +256,25 @@ impl Quality {
         }
         q.holdout = (!pooled_holdout.is_empty()).then(|| separation(pooled_holdout));
         q.all = (!pooled_all.is_empty()).then(|| separation(pooled_all));
+        q.holdout_dense = (!pooled_dense.is_empty()).then(|| separation(pooled_dense));
         q
+    }
+
+    /// One line for the task log: the held-out numbers.
+    pub fn summary(&self) -> String {
+        let auc = |s: &Option<Separation>| match s.and_then(|s| s.roc_auc) {
+            Some(a) => format!("{a:.3}"),
+            None => "n/a".into(),
+        };
+        match &self.holdout {
+            Some(h) => format!(
+                "held-out ROC AUC {}, best Dice {:.3}; lesions against dense tissue AUC {}",
+                auc(&self.holdout),
+                h.best_dice,
+                auc(&self.holdout_dense)
+            ),
+            None => "no held-out item with a lesion mask".into(),
+        }
     }
 
     /// Writes `quality.json`.
@@ -265,4 +296,63 @@ pub fn unknown_items<'a>(listed: &'a [String], crops: &[Crop]) -> Vec<&'a str> {
         .filter(|id| !crops.iter().any(|c| &c.id == *id))
         .map(String::as_str)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-row crop in HU: parenchyma, a vessel, two lesion voxels, and air outside the lung.
+    fn crop() -> Crop {
+        let ct = vec![-850.0, -850.0, 40.0, -600.0, -400.0, -1000.0];
+        let shape = [1, 1, ct.len()];
+        Crop {
+            id: "study_0001".into(),
+            category: Some("CT-1".into()),
+            volume: Volume {
+                data: from_zyx(ct.clone(), shape),
+                spacing: [1.0; 3],
+                affine: [
+                    [1.0, 0.0, 0.0, 0.0],
+                    [0.0, 1.0, 0.0, 0.0],
+                    [0.0, 0.0, 1.0, 0.0],
+                    [0.0, 0.0, 0.0, 1.0],
+                ],
+            },
+            ct,
+            lung: vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+            lesion: Some(vec![0.0, 0.0, 0.0, 1.0, 1.0, 0.0]),
+            shape,
+            units: CtUnits {
+                window: None,
+                orientation: None,
+            },
+        }
+    }
+
+    #[test]
+    fn quality_tells_lesions_from_dense_tissue_separately() {
+        let c = crop();
+        // Intensity ranks the vessel above both lesion voxels: fine against parenchyma, wrong
+        // against dense tissue.
+        let q = Quality::judge(&[crop()], std::slice::from_ref(&c.ct), &[c.id.clone()]);
+        let h = q.holdout.unwrap();
+        assert_eq!((h.positives, h.voxels), (2, 5), "lung voxels only");
+        assert_eq!(h.roc_auc, Some(4.0 / 6.0));
+        let d = q.holdout_dense.unwrap();
+        assert_eq!((d.positives, d.voxels), (2, 3), "lesions and the vessel");
+        assert_eq!(d.roc_auc, Some(0.0));
+        // A score that is high on lesions only separates both ways.
+        let lesion_only = c.lesion.clone().unwrap();
+        let q = Quality::judge(&[crop()], &[lesion_only], &[c.id.clone()]);
+        assert_eq!(q.holdout_dense.unwrap().roc_auc, Some(1.0));
+        assert!(
+            q.summary().contains("dense tissue AUC 1.000"),
+            "{}",
+            q.summary()
+        );
+        // Not held out: pooled in `all` only.
+        let q = Quality::judge(&[crop()], std::slice::from_ref(&c.ct), &[]);
+        assert!(q.holdout.is_none() && q.holdout_dense.is_none() && q.all.is_some());
+    }
 }

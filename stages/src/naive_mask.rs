@@ -47,7 +47,7 @@ impl Stage for NaiveMaskStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn about(&self) -> &'static str {
@@ -96,11 +96,10 @@ impl Stage for NaiveMaskStage {
         let quality = Quality::judge(&crops, &scores, &p.holdout);
         quality.write(ctx.out_dir)?;
         ctx.log.line(format!(
-            "{} naive masks at {} HU; held-out ROC AUC {:?}, best Dice {:?}",
+            "{} naive masks at {} HU; {}",
             crops.len(),
             p.threshold_hu,
-            quality.holdout.and_then(|s| s.roc_auc),
-            quality.holdout.map(|s| s.best_dice)
+            quality.summary()
         ));
         Ok(())
     }

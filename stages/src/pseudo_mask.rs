@@ -43,7 +43,7 @@ impl Stage for PseudoMaskStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn about(&self) -> &'static str {
@@ -118,12 +118,11 @@ impl Stage for PseudoMaskStage {
         let quality = Quality::judge(&crops, &diffs, &info.holdout);
         quality.write(ctx.out_dir)?;
         ctx.log.line(format!(
-            "{} pseudo-masks; slice scores Q1 {:.2}, Q3 {:.2}; held-out ROC AUC {:?}, best Dice {:?}",
+            "{} pseudo-masks; slice scores Q1 {:.2}, Q3 {:.2}; {}",
             crops.len(),
             table.q1,
             table.q3,
-            quality.holdout.and_then(|s| s.roc_auc),
-            quality.holdout.map(|s| s.best_dice)
+            quality.summary()
         ));
         Ok(())
     }
