@@ -38,88 +38,130 @@ class EncoderBottleneck(nn.Module):
 class DecoderBottleneck(nn.Module):
     def __init__(self, i, o):
         super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.upsample = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         self.layer = nn.Sequential(
             nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
             nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
 
     def forward(self, x, skip=None):
-        x = self.up(x)
+        x = self.upsample(x)
         if skip is not None:
             x = torch.cat([skip, x], dim=1)
         return self.layer(x)
 
 
-class MHA(nn.Module):
+class MultiHeadAttention(nn.Module):
     def __init__(self, dim, heads):
         super().__init__()
-        self.h = heads
+        self.head_num = heads
         self.dk = (dim // heads) ** 0.5
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
+        self.qkv_layer = nn.Linear(dim, 3 * dim, bias=False)
+        self.out_attention = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x):
         b, t, e = x.shape
-        d = e // self.h
-        qkv = self.qkv(x).reshape(b, t, d, 3, self.h).permute(3, 0, 4, 1, 2)
+        d = e // self.head_num
+        # "b t (d k h) -> k b h t d", as the reference rearranges it.
+        qkv = self.qkv_layer(x).reshape(b, t, d, 3, self.head_num).permute(3, 0, 4, 1, 2)
         q, k, v = qkv[0], qkv[1], qkv[2]
         a = torch.softmax(q @ k.transpose(-1, -2) / self.dk, dim=-1)
-        return self.out((a @ v).transpose(1, 2).reshape(b, t, e))
+        return self.out_attention((a @ v).transpose(1, 2).reshape(b, t, e))
 
 
-class Block(nn.Module):
+class TransformerEncoderBlock(nn.Module):
     def __init__(self, dim, heads, mlp):
         super().__init__()
-        self.attn = MHA(dim, heads)
+        self.multi_head_attention = MultiHeadAttention(dim, heads)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Dropout(0.1), nn.Linear(mlp, dim), nn.Dropout(0.1))
-        self.ln1 = nn.LayerNorm(dim)
-        self.ln2 = nn.LayerNorm(dim)
-        self.drop = nn.Dropout(0.1)
+        self.layer_norm1 = nn.LayerNorm(dim)
+        self.layer_norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(0.1)
 
     def forward(self, x):
-        x = self.ln1(x + self.drop(self.attn(x)))
-        return self.ln2(x + self.mlp(x))
+        x = self.layer_norm1(x + self.dropout(self.multi_head_attention(x)))
+        return self.layer_norm2(x + self.mlp(x))
 
 
-class TransUNet(nn.Module):
-    def __init__(self, img_dim=128, in_ch=1, oc=128, heads=4, mlp=512, blocks=8, patch=16, classes=1):
+class TransformerEncoder(nn.Module):
+    def __init__(self, dim, heads, mlp, blocks):
+        super().__init__()
+        self.layer_blocks = nn.ModuleList([TransformerEncoderBlock(dim, heads, mlp) for _ in range(blocks)])
+
+    def forward(self, x):
+        for block in self.layer_blocks:
+            x = block(x)
+        return x
+
+
+class ViT(nn.Module):
+    """Patch size 1 over the deepest feature map: every pixel is a token."""
+
+    def __init__(self, grid, dim, heads, mlp, blocks):
+        super().__init__()
+        self.projection = nn.Linear(dim, dim)
+        self.embedding = nn.Parameter(torch.rand(grid * grid + 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.dropout = nn.Dropout(0.1)
+        self.transformer = TransformerEncoder(dim, heads, mlp, blocks)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        tok = self.projection(x.flatten(2).transpose(1, 2))
+        tok = torch.cat([self.cls_token.expand(b, 1, c), tok], 1) + self.embedding[: h * w + 1]
+        return self.transformer(self.dropout(tok))[:, 1:]
+
+
+class Encoder(nn.Module):
+    def __init__(self, img_dim, in_ch, oc, heads, mlp, blocks, patch):
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, oc, 7, stride=2, padding=3, bias=False)
         self.norm1 = nn.BatchNorm2d(oc)
-        self.enc1 = EncoderBottleneck(oc, 2 * oc, 2)
-        self.enc2 = EncoderBottleneck(2 * oc, 4 * oc, 2)
-        self.enc3 = EncoderBottleneck(4 * oc, 8 * oc, 2)
-        self.g = img_dim // patch
-        t = self.g * self.g
-        self.proj = nn.Linear(8 * oc, 8 * oc)
-        self.embedding = nn.Parameter(torch.rand(t + 1, 8 * oc))
-        self.cls = nn.Parameter(torch.randn(1, 1, 8 * oc))
-        self.drop = nn.Dropout(0.1)
-        self.blocks = nn.Sequential(*[Block(8 * oc, heads, mlp) for _ in range(blocks)])
+        self.encoder1 = EncoderBottleneck(oc, 2 * oc, 2)
+        self.encoder2 = EncoderBottleneck(2 * oc, 4 * oc, 2)
+        self.encoder3 = EncoderBottleneck(4 * oc, 8 * oc, 2)
+        self.vit_img_dim = img_dim // patch
+        self.vit = ViT(self.vit_img_dim, 8 * oc, heads, mlp, blocks)
         self.conv2 = nn.Conv2d(8 * oc, 4 * oc, 3, padding=1)
         self.norm2 = nn.BatchNorm2d(4 * oc)
-        self.dec1 = DecoderBottleneck(8 * oc, 2 * oc)
-        self.dec2 = DecoderBottleneck(4 * oc, oc)
-        self.dec3 = DecoderBottleneck(2 * oc, oc // 2)
-        self.dec4 = DecoderBottleneck(oc // 2, oc // 8)
-        self.head = nn.Conv2d(oc // 8, classes, 1)
 
     def forward(self, x):
         x1 = F.relu(self.norm1(self.conv1(x)))
-        x2 = self.enc1(x1)
-        x3 = self.enc2(x2)
-        x4 = self.enc3(x3)
-        b, c, h, w = x4.shape
-        tok = self.proj(x4.flatten(2).transpose(1, 2))
-        tok = torch.cat([self.cls.expand(b, 1, c), tok], 1) + self.embedding[: h * w + 1]
-        tok = self.blocks(self.drop(tok))[:, 1:]
-        m = tok.transpose(1, 2).reshape(b, c, h, w)
-        bott = F.relu(self.norm2(self.conv2(m)))
-        y = self.dec1(bott, x3)
-        y = self.dec2(y, x2)
-        y = self.dec3(y, x1)
-        y = self.dec4(y)
-        return self.head(y), bott
+        x2 = self.encoder1(x1)
+        x3 = self.encoder2(x2)
+        x = self.encoder3(x3)
+        b, c, h, w = x.shape
+        x = self.vit(x).transpose(1, 2).reshape(b, c, h, w)
+        return F.relu(self.norm2(self.conv2(x))), x1, x2, x3
+
+
+class Decoder(nn.Module):
+    def __init__(self, oc, classes):
+        super().__init__()
+        self.decoder1 = DecoderBottleneck(8 * oc, 2 * oc)
+        self.decoder2 = DecoderBottleneck(4 * oc, oc)
+        self.decoder3 = DecoderBottleneck(2 * oc, oc // 2)
+        self.decoder4 = DecoderBottleneck(oc // 2, oc // 8)
+        self.conv1 = nn.Conv2d(oc // 8, classes, 1)
+
+    def forward(self, x, x1, x2, x3):
+        x = self.decoder1(x, x3)
+        x = self.decoder2(x, x2)
+        x = self.decoder3(x, x1)
+        return self.conv1(self.decoder4(x))
+
+
+class TransUNet(nn.Module):
+    """The reference's module tree (`encoder.…`, `decoder.…`), so its weights load by name."""
+
+    def __init__(self, img_dim=128, in_ch=1, oc=128, heads=4, mlp=512, blocks=8, patch=16, classes=1):
+        super().__init__()
+        self.encoder = Encoder(img_dim, in_ch, oc, heads, mlp, blocks, patch)
+        self.decoder = Decoder(oc, classes)
+
+    def forward(self, x):
+        """Logits and the bottleneck features (for the contrastive projection head)."""
+        bott, x1, x2, x3 = self.encoder(x)
+        return self.decoder(bott, x1, x2, x3), bott
 
 
 def contrastive(z, labels, tau=0.06, w=1.5):

@@ -306,6 +306,7 @@ pub fn run_task(
         }
         Err(_) => log,
     };
+    log.report_to(wf.progress.clone(), wf.graph.label(n));
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -587,6 +588,8 @@ pub async fn run_local(
     let mut stopped_by = None;
     // Once cancelled: when the tasks still running are abandoned.
     let mut give_up: Option<tokio::time::Instant> = None;
+    // How often the bar shows the running tasks' progress lines.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
 
     let release = |n: NodeIndex, status: &mut Vec<Status>, ready: &mut VecDeque<NodeIndex>| {
         for d in g.graph.neighbors_directed(n, petgraph::Direction::Outgoing) {
@@ -672,6 +675,7 @@ pub async fn run_local(
                     })),
                 };
                 let (n, c, gp) = in_flight.remove(&id).expect("every spawned task is in flight");
+                wf.progress.clear(&g.label(n));
                 running -= 1;
                 cpu_used -= c;
                 gpu_used -= gp;
@@ -701,6 +705,11 @@ pub async fn run_local(
                             stopping = true;
                         }
                     }
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(line) = wf.progress.summary() {
+                    bar.set_message(line);
                 }
             }
             signal = &mut stop, if stopped_by.is_none() => {

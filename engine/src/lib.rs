@@ -48,6 +48,6 @@ pub use signals::{GRACE, stop_signal};
 pub use slurm::{SlurmError, SlurmOptions, SubmittedJob, run_slurm};
 pub use spec::{DatasetDecl, Pipeline, Resources, StageDecl};
 pub use stage::{
-    CancelToken, DatasetSource, Device, Input, Item, Stage, StageError, TaskContext, TaskLog,
-    valid_item_id,
+    CancelToken, DatasetSource, Device, Input, Item, ProgressBoard, Stage, StageError, TaskContext,
+    TaskLog, valid_item_id,
 };

@@ -177,6 +177,8 @@ pub struct Workflow {
     pub device: Device,
     /// How hard a cache hit is checked before it is used (`--verify`: every file re-hashed).
     pub integrity: Integrity,
+    /// The running tasks' latest progress lines, for the progress bar.
+    pub progress: crate::ProgressBoard,
     /// Refuse to run a task whose cached artifact is broken instead of running it again
     /// (`--frozen`).
     pub frozen: bool,
@@ -212,6 +214,7 @@ impl Workflow {
             store,
             device,
             integrity: Integrity::default(),
+            progress: crate::ProgressBoard::default(),
             frozen: false,
         }
     }

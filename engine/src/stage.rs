@@ -131,6 +131,50 @@ struct LogState {
     dropped: u64,
     /// The whole log, when there is a file.
     file: Option<(PathBuf, std::fs::File)>,
+    /// Where progress lines are shown while the task runs, and under which name.
+    board: Option<(ProgressBoard, String)>,
+}
+
+/// The latest progress line of each running task (a training's iteration, losses and ETA), which
+/// `covflow run` shows on its progress bar.
+///
+/// ```
+/// let board = covflow_engine::ProgressBoard::default();
+/// let log = covflow_engine::TaskLog::default();
+/// log.report_to(board.clone(), "gan".into());
+/// log.progress("iteration 3/60");
+/// assert_eq!(board.summary().as_deref(), Some("gan: iteration 3/60"));
+/// board.clear("gan");
+/// assert_eq!(board.summary(), None);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ProgressBoard(Arc<Mutex<std::collections::BTreeMap<String, String>>>);
+
+impl ProgressBoard {
+    fn entries(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `task`'s latest progress.
+    pub fn set(&self, task: &str, line: &str) {
+        self.entries().insert(task.to_string(), line.to_string());
+    }
+
+    /// Forgets `task` (it finished).
+    pub fn clear(&self, task: &str) {
+        self.entries().remove(task);
+    }
+
+    /// Every running task's latest progress on one line, or `None` when none reported any.
+    pub fn summary(&self) -> Option<String> {
+        let e = self.entries();
+        (!e.is_empty()).then(|| {
+            e.iter()
+                .map(|(task, line)| format!("{task}: {line}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+    }
 }
 
 impl TaskLog {
@@ -153,6 +197,20 @@ impl TaskLog {
     /// Appends one line.
     pub fn line(&self, s: impl AsRef<str>) {
         self.append(&format!("{}\n", s.as_ref()));
+    }
+
+    /// Shows this log's progress lines on `board` under `task`'s name.
+    pub fn report_to(&self, board: ProgressBoard, task: String) {
+        self.state().board = Some((board, task));
+    }
+
+    /// Appends a progress line (an iteration, its losses, the ETA): to the log, and to the run's
+    /// progress bar while the task runs.
+    pub fn progress(&self, s: impl AsRef<str>) {
+        self.line(s.as_ref());
+        if let Some((board, task)) = &self.state().board {
+            board.set(task, s.as_ref());
+        }
     }
 
     /// Appends raw text.

@@ -247,7 +247,7 @@ impl Stage for GanTrainStage {
                 if l.iteration.is_multiple_of(report_every) || l.iteration == p.iterations {
                     let per = start.elapsed().as_secs_f64() / (l.iteration - *done_here) as f64;
                     let eta = per * (p.iterations - l.iteration) as f64;
-                    ctx.log.line(format!(
+                    ctx.log.progress(format!(
                         "iteration {}/{}: reconstruction {:.5}, discriminator {:.4}, adversarial {:.4} ({per:.2} s/it, ETA {eta:.0} s)",
                         l.iteration, p.iterations, l.reconstruction, l.discriminator, l.adversarial
                     ));
