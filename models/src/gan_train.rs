@@ -13,7 +13,7 @@
 //! dropout) comes from a generator seeded by `(seed, i)`, so a run resumed from a checkpoint
 //! draws what the uninterrupted run drew: on the CPU backend the result is the same bit for bit.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -26,6 +26,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use crate::checkpoint::CheckpointError;
+use crate::checkpoint::{CheckpointReader, CheckpointWriter};
 use crate::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, ModelBackend};
 
 /// The Perlin-noise augmentation of step 1 (the original's values are the defaults).
@@ -298,67 +300,28 @@ where
     /// Writes a checkpoint to `dir` atomically: a new folder beside it, renamed over the old
     /// one, so a kill at any moment leaves one whole checkpoint.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<(), CheckpointError> {
-        let fresh = sibling(dir, "new");
-        let old = sibling(dir, "old");
-        let _ = std::fs::remove_dir_all(&fresh);
-        std::fs::create_dir_all(&fresh).map_err(|e| CheckpointError::io(&fresh, e))?;
-        let rec = BinFileRecorder::<FullPrecisionSettings>::new();
-        let save = |what: &str, r: Result<(), burn::record::RecorderError>| {
-            r.map_err(|e| CheckpointError::Record(fresh.join(what), e.to_string()))
-        };
-        save(
-            "generator",
-            rec.record(
-                self.generator.clone().into_record(),
-                fresh.join("generator"),
-            ),
-        )?;
-        save(
-            "discriminator",
-            rec.record(
-                self.discriminator.clone().into_record(),
-                fresh.join("discriminator"),
-            ),
-        )?;
-        save(
-            "generator_adam",
-            rec.record(self.opt_g.to_record(), fresh.join("generator_adam")),
-        )?;
-        save(
-            "discriminator_adam",
-            rec.record(self.opt_d.to_record(), fresh.join("discriminator_adam")),
-        )?;
-        let state = CheckpointState {
+        let w = CheckpointWriter::begin(dir)?;
+        w.record("generator", self.generator.clone().into_record())?;
+        w.record("discriminator", self.discriminator.clone().into_record())?;
+        w.record("generator_adam", self.opt_g.to_record())?;
+        w.record("discriminator_adam", self.opt_d.to_record())?;
+        w.commit(&CheckpointState {
             iteration: self.iteration,
             history: self.history.clone(),
-        };
-        let path = fresh.join("state.json");
-        std::fs::write(&path, serde_json::to_vec(&state).expect("plain data"))
-            .map_err(|e| CheckpointError::io(&path, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-        if dir.exists() {
-            std::fs::rename(dir, &old).map_err(|e| CheckpointError::io(dir, e))?;
-        }
-        std::fs::rename(&fresh, dir).map_err(|e| CheckpointError::io(dir, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-        Ok(())
+        })
     }
 
     /// Loads the checkpoint in `dir` (or the previous one, when a kill interrupted the swap);
     /// `Ok(false)` when there is none.
     pub fn resume(&mut self, dir: &Path) -> Result<bool, CheckpointError> {
-        let dir = [dir.to_path_buf(), sibling(dir, "old")]
-            .into_iter()
-            .find(|d| d.join("state.json").is_file());
-        let Some(dir) = dir else { return Ok(false) };
-        let g = load_record(&dir, "generator", &self.device)?;
-        let d = load_record(&dir, "discriminator", &self.device)?;
-        let og = load_record(&dir, "generator_adam", &self.device)?;
-        let od = load_record(&dir, "discriminator_adam", &self.device)?;
-        let path = dir.join("state.json");
-        let text = std::fs::read(&path).map_err(|e| CheckpointError::io(&path, e))?;
-        let state: CheckpointState = serde_json::from_slice(&text)
-            .map_err(|e| CheckpointError::Record(path.clone(), e.to_string()))?;
+        let Some(r) = CheckpointReader::latest(dir) else {
+            return Ok(false);
+        };
+        let g = r.record("generator", &self.device)?;
+        let d = r.record("discriminator", &self.device)?;
+        let og = r.record("generator_adam", &self.device)?;
+        let od = r.record("discriminator_adam", &self.device)?;
+        let state: CheckpointState = r.state()?;
         self.generator = self.generator.clone().load_record(g);
         self.discriminator = self.discriminator.clone().load_record(d);
         self.opt_g = std::mem::replace(&mut self.opt_g, AdamConfig::new().init()).load_record(og);
@@ -372,17 +335,6 @@ where
     pub fn inference_generator(&self) -> Generator<B::InnerBackend> {
         self.generator.valid()
     }
-}
-
-/// One record of a checkpoint folder, its file named in the error.
-fn load_record<B: Backend, R: burn::record::Record<B>>(
-    dir: &Path,
-    name: &str,
-    device: &B::Device,
-) -> Result<R, CheckpointError> {
-    BinFileRecorder::<FullPrecisionSettings>::new()
-        .load(dir.join(name), device)
-        .map_err(|e| CheckpointError::Record(dir.join(name), e.to_string()))
 }
 
 /// Saves trained generator weights.
@@ -491,30 +443,43 @@ pub fn add_noise<B: ModelBackend>(
 }
 
 /// Initialises every parameter as burn's layers do (uniform in ±1/√fan_in, Kaiming's uniform
-/// with gain 1/√3, biases with the same bound as their weights) from a seeded generator.
-struct SeededInit {
+/// with gain 1/√3, biases with the same bound as their weights; normalisation scales 1 and
+/// shifts 0; the TransUNet's positional embedding uniform in [0, 1) and class token standard
+/// normal, as the reference) from a seeded generator.
+pub(crate) struct SeededInit {
     rng: ChaCha8Rng,
     /// The kind of layer being visited (`Struct:Linear`, `Struct:Up2xLayer`, …).
     layer: String,
+    /// The field being visited (`weight`, `gamma`, `embedding`, …).
+    field: String,
     /// The last weight's fan-in, for the bias after it.
     fan_in: usize,
 }
 
 impl SeededInit {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self {
             rng: ChaCha8Rng::seed_from_u64(seed),
             layer: String::new(),
+            field: String::new(),
             fan_in: 1,
         }
+    }
+
+    /// A standard normal draw (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+        let v: f64 = self.rng.random();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }
 }
 
 impl<B: Backend> burn::module::ModuleMapper<B> for SeededInit {
-    fn enter_module(&mut self, _name: &str, container_type: &str) {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
         if container_type.starts_with("Struct:") {
             self.layer = container_type.to_string();
         }
+        self.field = name.to_string();
     }
 
     fn map_float<const D: usize>(
@@ -534,10 +499,19 @@ impl<B: Backend> burn::module::ModuleMapper<B> for SeededInit {
                 _ => shape[1] * rest,
             };
         }
-        let bound = 1.0 / (self.fan_in.max(1) as f64).sqrt();
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|_| self.rng.random_range(-bound..bound) as f32)
-            .collect();
+        let n = shape.iter().product::<usize>();
+        let values: Vec<f32> = match (self.layer.as_str(), self.field.as_str()) {
+            ("Struct:BatchNorm" | "Struct:LayerNorm", "gamma") => vec![1.0; n],
+            ("Struct:BatchNorm" | "Struct:LayerNorm", "beta") => vec![0.0; n],
+            ("Struct:Vit", "embedding") => (0..n).map(|_| self.rng.random::<f32>()).collect(),
+            ("Struct:Vit", "cls_token") => (0..n).map(|_| self.normal() as f32).collect(),
+            _ => {
+                let bound = 1.0 / (self.fan_in.max(1) as f64).sqrt();
+                (0..n)
+                    .map(|_| self.rng.random_range(-bound..bound) as f32)
+                    .collect()
+            }
+        };
         let device = tensor.device();
         let fresh = Tensor::<B, D>::from_data(TensorData::new(values, shape), &device);
         let fresh = if tensor.is_require_grad() {
@@ -575,41 +549,6 @@ fn mse<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B
 fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
     use burn::tensor::ElementConversion;
     t.clone().into_scalar().elem::<f64>()
-}
-
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.with_file_name(format!("{name}.{suffix}"))
-}
-
-/// A checkpoint that could not be written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// The file system refused.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or folder.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// burn's recorder or the state's JSON failed.
-    #[error(
-        "{0}: {1}\n  help: the checkpoint is damaged or from another model shape; delete it to start over"
-    )]
-    Record(PathBuf, String),
-}
-
-impl CheckpointError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@
 #[macro_use]
 mod device;
 mod backend;
+mod checkpoint;
 mod conv;
 mod conv3d;
 mod conv_check;
+mod dropout;
 mod export;
 mod gan;
 mod gan_run;
@@ -25,6 +27,7 @@ pub use conv::{ConvImpl, ConvLayer, conv2d_im2col};
 pub use conv_check::{ConvCheck, ConvShape, check_conv, transunet_conv_shapes};
 pub use conv3d::{Conv3dLayer, Up2xLayer, conv3d_im2col, up2x_matmul};
 pub use device::DeviceNotBuilt;
+pub use dropout::{dropout, with_seeded_dropout};
 pub use export::{WeightsError, load_transunet_safetensors, save_transunet_safetensors};
 pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d, max_pool3d_plain};
 pub use gan_run::{GanError, GanOutcome, conv_for, heal_volumes, train_gan};

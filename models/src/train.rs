@@ -12,7 +12,7 @@ use crate::losses::{contrastive, mse, sensitivity_bce};
 use crate::transunet::{TransUNet, TransUNetConfig};
 
 /// Loss weights and constants (docs/method.md, stage 7).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossConfig {
     /// Contrastive temperature τ.
     pub temperature: f64,
@@ -59,12 +59,26 @@ impl<B: crate::ModelBackend> SegmentationLearner<B> {
         labels: &[u8],
         cfg: &LossConfig,
     ) -> Tensor<B, 1> {
+        let [c, m, s] = self.losses(slices, pseudo_masks, labels, cfg);
+        c + m + s
+    }
+
+    /// The three losses, `[contrastive, mse, sensitivity]`, of one batch.
+    pub fn losses(
+        &self,
+        slices: Tensor<B, 4>,
+        pseudo_masks: Tensor<B, 4>,
+        labels: &[u8],
+        cfg: &LossConfig,
+    ) -> [Tensor<B, 1>; 3] {
         let out = self.net.forward(slices);
         let pooled: Tensor<B, 2> = out.bottleneck.mean_dim(3).mean_dim(2).flatten(1, 3);
         let z = self.projection.forward(pooled);
-        contrastive(z, labels, cfg.temperature, cfg.positive_weight)
-            + mse(out.logits.clone(), pseudo_masks.clone())
-            + sensitivity_bce(out.logits, pseudo_masks, cfg.beta)
+        [
+            contrastive(z, labels, cfg.temperature, cfg.positive_weight),
+            mse(out.logits.clone(), pseudo_masks.clone()),
+            sensitivity_bce(out.logits, pseudo_masks, cfg.beta),
+        ]
     }
 }
 

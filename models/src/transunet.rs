@@ -17,6 +17,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::ModelBackend;
 use crate::conv::{ConvImpl, ConvLayer};
+use crate::dropout::dropout;
 use crate::upsample::upsample2x_bilinear;
 
 /// The seed configuration: `img_dim=128, in_channels=1, out_channels=128, head_num=4,
@@ -194,12 +195,10 @@ impl<B: ModelBackend> TransformerBlock<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let a = self
-            .dropout
-            .forward(self.multi_head_attention.forward(x.clone()));
+        let a = dropout(&self.dropout, self.multi_head_attention.forward(x.clone()));
         let x = self.layer_norm1.forward(x + a);
-        let m = self.dropout.forward(gelu(self.mlp_in.forward(x.clone())));
-        let m = self.dropout.forward(self.mlp_out.forward(m));
+        let m = dropout(&self.dropout, gelu(self.mlp_in.forward(x.clone())));
+        let m = dropout(&self.dropout, self.mlp_out.forward(m));
         self.layer_norm2.forward(x + m)
     }
 }
@@ -242,7 +241,7 @@ impl<B: ModelBackend> Vit<B> {
         let cls = self.cls_token.val().expand([b, 1, c]);
         let tokens = Tensor::cat(vec![cls, projected], 1)
             + self.embedding.val().narrow(0, 0, t + 1).unsqueeze::<3>();
-        let mut x = self.dropout.forward(tokens);
+        let mut x = dropout(&self.dropout, tokens);
         for block in &self.blocks {
             x = block.forward(x);
         }
