@@ -140,12 +140,12 @@ PY
         step preprocess-cuda 60 "$bin" bench preprocess "$ct" --device cuda --reps 5
         step preprocess-cpu 60 "$bin" bench preprocess "$ct" --device cpu --reps 3
 
-        # Issue 5: the TransUNet, first with the configuration of session 1 (im2col), then the
+        # Issue 5: the TransUNet, first with the first configuration measured (im2col), then the
         # allocator experiment, PyTorch in the same call, then implicit GEMM.
         setup "$work/run" "$work/cache" disabled
         fits cold-b8 180 && bench cold-b8 "$work/run" 180 "$bin" --batch 8 --steps 20
         fits warm-b8 60 && bench warm-b8 "$work/run" 60 "$bin" --batch 8 --steps 30
-        # Session 1 saw cubecl's persistent pool allocate new pages every step: the same warm
+        # An earlier run saw cubecl's persistent pool allocate new pages every step: the same warm
         # run with dynamic allocation only.
         setup "$work/nopersist" "$work/cache" disabled
         printf '\n[memory]\npersistent_memory = "disabled"\n' >> "$work/nopersist/cubecl.toml"
