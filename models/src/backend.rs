@@ -138,6 +138,21 @@ fn warn_gemm_unavailable(what: &str, err: impl std::fmt::Debug) {
     });
 }
 
+/// A float32 tensor of `shape` over `handle`, on `like`'s device.
+fn f32_like<R: CubeRuntime>(
+    like: &CubeTensor<R>,
+    shape: Shape,
+    handle: cubecl::server::Handle,
+) -> CubeTensor<R> {
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        burn::tensor::DType::F32,
+    )
+}
+
 /// The upsampling kernels and burn-cubecl's implicit-GEMM convolution, on float32 tensors.
 impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBackend<R, f32, I, BT> {
     const POOL3D_KERNEL: bool = true;
@@ -149,13 +164,7 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
         let out =
             covflow_kernels::launch_max_pool3d::<R>(&x.client, x.handle.clone(), s[0] * s[1], dims);
         let [d, h, w] = covflow_kernels::pooled_shape(dims);
-        CubeTensor::new_contiguous(
-            x.client.clone(),
-            x.device.clone(),
-            Shape::new([s[0], s[1], d, h, w]),
-            out,
-            burn::tensor::DType::F32,
-        )
+        f32_like(&x, Shape::new([s[0], s[1], d, h, w]), out)
     }
 
     fn max_pool3d_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -169,13 +178,7 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
             s[0] * s[1],
             [s[2], s[3], s[4]],
         );
-        CubeTensor::new_contiguous(
-            x.client.clone(),
-            x.device.clone(),
-            s,
-            out,
-            burn::tensor::DType::F32,
-        )
+        f32_like(&x, s, out)
     }
 
     fn fractal_slices(
@@ -201,13 +204,7 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
         let (planes, h, w) = (s[0] * s[1], s[2], s[3]);
         let out =
             covflow_kernels::launch_upsample2x::<R>(&x.client, x.handle.clone(), planes, h, w);
-        CubeTensor::new_contiguous(
-            x.client.clone(),
-            x.device.clone(),
-            Shape::new([s[0], s[1], 2 * h, 2 * w]),
-            out,
-            burn::tensor::DType::F32,
-        )
+        f32_like(&x, Shape::new([s[0], s[1], 2 * h, 2 * w]), out)
     }
 
     fn upsample2x_backward(grad: FloatTensor<Self>, input: Shape) -> FloatTensor<Self> {
@@ -220,13 +217,7 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
             h,
             w,
         );
-        CubeTensor::new_contiguous(
-            g.client.clone(),
-            g.device.clone(),
-            input,
-            out,
-            burn::tensor::DType::F32,
-        )
+        f32_like(&g, input, out)
     }
 
     fn conv2d_gemm(
