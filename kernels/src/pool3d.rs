@@ -18,6 +18,12 @@ pub fn pooled_shape([d, h, w]: Shape3) -> Shape3 {
     [d / 2, h / 2, w / 2]
 }
 
+/// Voxels of `planes` volumes of `dims`, and of their pooled volumes.
+fn voxels(planes: usize, dims: Shape3) -> (usize, usize) {
+    let count = |d: Shape3| planes * d.iter().product::<usize>();
+    (count(dims), count(pooled_shape(dims)))
+}
+
 /// Index, within one plane, of the first largest voxel of output window `(z, y, x)`.
 fn winner(plane: &[f32], [_, h, w]: Shape3, [z, y, x]: Shape3) -> usize {
     let mut best = (2 * z * h + 2 * y) * w + 2 * x;
@@ -157,8 +163,7 @@ pub fn launch_max_pool3d<R: Runtime>(
     planes: usize,
     dims: Shape3,
 ) -> cubecl::server::Handle {
-    let n_in = planes * dims.iter().product::<usize>();
-    let n_out = planes * pooled_shape(dims).iter().product::<usize>();
+    let (n_in, n_out) = voxels(planes, dims);
     let out = client.empty(n_out.max(1) * 4);
     if n_out > 0 {
         max_pool3d_kernel::launch::<R>(
@@ -184,8 +189,7 @@ pub fn launch_max_pool3d_backward<R: Runtime>(
     planes: usize,
     dims: Shape3,
 ) -> cubecl::server::Handle {
-    let n_in = planes * dims.iter().product::<usize>();
-    let n_out = planes * pooled_shape(dims).iter().product::<usize>();
+    let (n_in, n_out) = voxels(planes, dims);
     let out = client.empty(n_in.max(1) * 4);
     if dims.iter().any(|a| a % 2 == 1) || n_out == 0 {
         zero_kernel::launch::<R>(
@@ -225,7 +229,7 @@ pub fn max_pool3d<R: Runtime>(
     let gx = launch_max_pool3d_backward(client, x, g, planes, dims);
     let y = f32::from_bytes(&client.read_one_unchecked(y)).to_vec();
     let gx = f32::from_bytes(&client.read_one_unchecked(gx)).to_vec();
-    let n_out = planes * pooled_shape(dims).iter().product::<usize>();
+    let (_, n_out) = voxels(planes, dims);
     (y[..n_out].to_vec(), gx)
 }
 
