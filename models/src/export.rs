@@ -103,9 +103,13 @@ pub fn save_transunet_safetensors<B: ModelBackend>(
     net: &TransUNet<B>,
     path: &Path,
 ) -> Result<(), WeightsError> {
+    // One metadata entry: burn-store keeps them in a HashMap, so several would be written in a
+    // different order by every process and the same weights would give different files (and
+    // cache digests). `format: pt` is what Hugging Face's loaders look for.
     let mut s = store(path, TO_PYTORCH)
         .with_to_adapter(BurnToPyTorchAdapter)
-        .metadata("producer", "covflow");
+        .clear_metadata()
+        .metadata("format", "pt");
     net.save_into(&mut s).map_err(|e| WeightsError::Store {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -197,5 +201,20 @@ mod tests {
         let mut wider: TransUNet<B> = small().with_out_channels(32).init(&device);
         let err = load_transunet_safetensors(&mut wider, &path).unwrap_err();
         assert!(err.to_string().contains("w.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn the_same_weights_give_the_same_file() {
+        // Cache digests hash the file: its bytes must not depend on the process or the save.
+        let dir = tempfile::tempdir().unwrap();
+        let net: TransUNet<B> = small().init(&Default::default());
+        let files: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let path = dir.path().join(format!("{i}.safetensors"));
+                save_transunet_safetensors(&net, &path).unwrap();
+                std::fs::read(&path).unwrap()
+            })
+            .collect();
+        assert!(files.windows(2).all(|w| w[0] == w[1]));
     }
 }

@@ -444,7 +444,7 @@ pub fn add_noise<B: ModelBackend>(
 
 /// Initialises every parameter as burn's layers do (uniform in ±1/√fan_in, Kaiming's uniform
 /// with gain 1/√3, biases with the same bound as their weights; normalisation scales 1 and
-/// shifts 0; the TransUNet's positional embedding uniform in [0, 1) and class token standard
+/// shifts 0, running means 0 and variances 1; the TransUNet's positional embedding uniform in [0, 1) and class token standard
 /// normal, as the reference) from a seeded generator.
 pub(crate) struct SeededInit {
     rng: ChaCha8Rng,
@@ -503,6 +503,10 @@ impl<B: Backend> burn::module::ModuleMapper<B> for SeededInit {
         let values: Vec<f32> = match (self.layer.as_str(), self.field.as_str()) {
             ("Struct:BatchNorm" | "Struct:LayerNorm", "gamma") => vec![1.0; n],
             ("Struct:BatchNorm" | "Struct:LayerNorm", "beta") => vec![0.0; n],
+            // burn maps the running statistics like parameters: a random "variance" would make
+            // inference NaN.
+            ("Struct:BatchNorm", "running_mean") => vec![0.0; n],
+            ("Struct:BatchNorm", "running_var") => vec![1.0; n],
             ("Struct:Vit", "embedding") => (0..n).map(|_| self.rng.random::<f32>()).collect(),
             ("Struct:Vit", "cls_token") => (0..n).map(|_| self.normal() as f32).collect(),
             _ => {

@@ -18,6 +18,8 @@ mod gan_run;
 mod gan_train;
 mod generator;
 mod losses;
+mod seg_run;
+mod seg_train;
 mod train;
 mod transunet;
 mod upsample;
@@ -37,6 +39,8 @@ pub use gan_train::{
 };
 pub use generator::{Generator, GeneratorConfig};
 pub use losses::{contrastive, mse, sensitivity_bce};
+pub use seg_run::{SegError, SegOutcome, SegWeights, predict_volumes, train_segmenter};
+pub use seg_train::{Phase, Plateau, SegData, SegEpoch, SegRecipe, SegSlice, SegTrainer};
 pub use train::{LossConfig, SegmentationLearner, TrainingBench, bench_training};
 pub use transunet::{TransUNet, TransUNetConfig, TransUNetOutput, trainable_params};
 pub use upsample::{

@@ -71,14 +71,29 @@ impl<B: crate::ModelBackend> SegmentationLearner<B> {
         labels: &[u8],
         cfg: &LossConfig,
     ) -> [Tensor<B, 1>; 3] {
+        self.losses_of(slices, pseudo_masks, labels, cfg, [true; 3])
+            .map(|l| l.expect("all three asked for"))
+    }
+
+    /// The losses `which` asks for (`[contrastive, mse, sensitivity]`); the others build no
+    /// graph, so a contrastive step does not pay for the decoder's losses.
+    pub fn losses_of(
+        &self,
+        slices: Tensor<B, 4>,
+        pseudo_masks: Tensor<B, 4>,
+        labels: &[u8],
+        cfg: &LossConfig,
+        which: [bool; 3],
+    ) -> [Option<Tensor<B, 1>>; 3] {
         let out = self.net.forward(slices);
-        let pooled: Tensor<B, 2> = out.bottleneck.mean_dim(3).mean_dim(2).flatten(1, 3);
-        let z = self.projection.forward(pooled);
-        [
-            contrastive(z, labels, cfg.temperature, cfg.positive_weight),
-            mse(out.logits.clone(), pseudo_masks.clone()),
-            sensitivity_bce(out.logits, pseudo_masks, cfg.beta),
-        ]
+        let c = which[0].then(|| {
+            let pooled: Tensor<B, 2> = out.bottleneck.mean_dim(3).mean_dim(2).flatten(1, 3);
+            let z = self.projection.forward(pooled);
+            contrastive(z, labels, cfg.temperature, cfg.positive_weight)
+        });
+        let m = which[1].then(|| mse(out.logits.clone(), pseudo_masks.clone()));
+        let s = which[2].then(|| sensitivity_bce(out.logits, pseudo_masks, cfg.beta));
+        [c, m, s]
     }
 }
 

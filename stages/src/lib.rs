@@ -11,8 +11,10 @@ pub mod lung_mask;
 pub mod masks;
 pub mod naive_mask;
 pub mod phantom;
+pub mod predict;
 pub mod pseudo_mask;
 pub mod resample;
+pub mod transunet_train;
 
 use covflow_engine::{Device, ParamError, Registry, StageDecl};
 use covflow_kernels::Kernels;
@@ -29,6 +31,8 @@ pub fn register(registry: &mut Registry) {
     registry.add_stage(gan_train::GanTrainStage);
     registry.add_stage(pseudo_mask::PseudoMaskStage);
     registry.add_stage(naive_mask::NaiveMaskStage);
+    registry.add_stage(transunet_train::TransUNetTrainStage);
+    registry.add_stage(predict::PredictStage);
 }
 
 /// The kernels' name for a run's device.

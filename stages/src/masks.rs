@@ -10,7 +10,7 @@ use covflow_imaging::Volume;
 use covflow_imaging::metrics::{Separation, separation};
 use covflow_imaging::study::{self, CtUnits, StudyFiles};
 use ndarray::Array3;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One cropped study as the models see it: `[D, H, W]` = (z, y, x), row-major.
 pub struct Crop {
@@ -117,8 +117,20 @@ pub fn write_scores(crop: &Crop, values: Vec<f32>, path: &Path) -> Result<(), St
     Ok(())
 }
 
+/// A slice's class in the quartile split of the slice scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SliceClass {
+    /// Above the third quartile: the slices the GAN changed most.
+    High,
+    /// From the first to the third quartile.
+    Low,
+    /// Below the first quartile: not trained on.
+    None,
+}
+
 /// A slice's pseudo-infection score and its class in the quartile split.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SliceScore {
     /// The item.
     pub item: String,
@@ -126,12 +138,12 @@ pub struct SliceScore {
     pub slice: usize,
     /// Sum of the score over the slice's lung voxels.
     pub score: f64,
-    /// `high` (above Q3), `low` (Q1 to Q3) or `none`.
-    pub class: &'static str,
+    /// Its class.
+    pub class: SliceClass,
 }
 
 /// The slice table: every slice's score, Q1 and Q3 over all of them, and the classes.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SliceTable {
     /// First quartile of the slice scores.
     pub q1: f64,
@@ -176,7 +188,7 @@ impl SliceTable {
                     item: item.clone(),
                     slice: z,
                     score,
-                    class: "none",
+                    class: SliceClass::None,
                 });
             }
         }
@@ -185,21 +197,38 @@ impl SliceTable {
         let (q1, q3) = (quantile(&sorted, 0.25), quantile(&sorted, 0.75));
         for s in &mut slices {
             s.class = if s.score > q3 {
-                "high"
+                SliceClass::High
             } else if s.score >= q1 {
-                "low"
+                SliceClass::Low
             } else {
-                "none"
+                SliceClass::None
             };
         }
         Self { q1, q3, slices }
+    }
+
+    /// Reads the `slices.json` a pseudo_mask stage wrote in `dir`.
+    pub fn read(dir: &Path) -> Result<Self, StageError> {
+        let path = dir.join("slices.json");
+        let text = std::fs::read(&path).map_err(|e| {
+            format!(
+                "{}: {e}\n  help: the first of `needs` must be a pseudo_mask stage",
+                path.display()
+            )
+        })?;
+        Ok(serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?)
     }
 
     /// Writes `slices.csv` and `slices.json`.
     pub fn write(&self, out: &Path) -> Result<(), StageError> {
         let mut csv = String::from("item,slice,score,class\n");
         for s in &self.slices {
-            csv += &format!("{},{},{},{}\n", s.item, s.slice, s.score, s.class);
+            let class = match s.class {
+                SliceClass::High => "high",
+                SliceClass::Low => "low",
+                SliceClass::None => "none",
+            };
+            csv += &format!("{},{},{},{class}\n", s.item, s.slice, s.score);
         }
         write(&out.join("slices.csv"), csv.as_bytes())?;
         write(&out.join("slices.json"), &serde_json::to_vec_pretty(self)?)
