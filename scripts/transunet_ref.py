@@ -179,13 +179,13 @@ def sensitivity(p, t, beta=2.0):
     return (bce * (1 + beta * (1 - torch.sigmoid(p)) * t)).mean()
 
 
-def bench(batch, steps, tf32):
+def bench(batch, steps, tf32, dev="cuda", width_div=1, count_ops=False):
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(7)
-    dev = "cuda"
-    net = TransUNet().to(dev)
-    head = nn.Linear(512, 128).to(dev)
+    oc = 128 // width_div
+    net = TransUNet(oc=oc, mlp=512 // width_div).to(dev)
+    head = nn.Linear(4 * oc, 128).to(dev)
     params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.Adam(list(net.parameters()) + list(head.parameters()), lr=5e-5)
     x = torch.rand(batch, 1, 128, 128, device=dev)
@@ -200,9 +200,23 @@ def bench(batch, steps, tf32):
         loss.backward()
         opt.step()
         v = loss.item()
-        torch.cuda.synchronize()
+        if dev == "cuda":
+            torch.cuda.synchronize()
         return v
 
+    if count_ops:
+        step()
+        step()
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        events = [e for e in prof.events() if e.name.startswith("aten::")]
+        # Leaves: operators that call no other operator, the ones that run kernels.
+        parents = {id(e.cpu_parent) for e in events if e.cpu_parent is not None}
+        leaves = [e for e in events if id(e) not in parents]
+        return {"impl": "pytorch-eager-ops", "batch": batch, "width_div": width_div,
+                "aten_ops": len(events), "leaf_ops": len(leaves)}
     t0 = time.perf_counter()
     first_loss = step()
     first = time.perf_counter() - t0
@@ -221,7 +235,9 @@ def bench(batch, steps, tf32):
             if i:
                 inf.append((time.perf_counter() - t0) * 1e3)
     return {
-        "impl": "pytorch-eager" + ("-tf32" if tf32 else "-fp32"),
+        "impl": "pytorch-eager" + ("-tf32" if tf32 else "-fp32") + ("-cpu" if dev == "cpu" else ""),
+        "threads": torch.get_num_threads(),
+        "width_div": width_div,
         "torch": torch.__version__,
         "batch": batch,
         "params": params,
@@ -237,7 +253,15 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--width-div", type=int, default=1, help="divide every width (as covflow's --width-div)")
+    ap.add_argument("--count-ops", action="store_true", help="count the operators of one steady step (torch.profiler) instead of timing")
     a = ap.parse_args()
+    if a.count_ops:
+        for b in a.batch:
+            print(json.dumps(bench(b, 0, False, a.device, a.width_div, count_ops=True)), flush=True)
+        raise SystemExit
     for b in a.batch:
-        for tf32 in (False, True):
-            print(json.dumps(bench(b, a.steps, tf32)), flush=True)
+        # TF32 exists only on CUDA.
+        for tf32 in (False, True) if a.device == "cuda" else (False,):
+            print(json.dumps(bench(b, a.steps, tf32, a.device, a.width_div)), flush=True)

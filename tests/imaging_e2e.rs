@@ -319,14 +319,19 @@ fn demo_pipeline_runs_and_then_is_cached() {
     let s = Scratch::new();
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.yaml");
     std::fs::copy(&demo, s.path().join("demo.yaml")).unwrap();
-    // Two studies (one CT-1, one CT-0), none held out, a GAN of two iterations.
+    // Four studies (three infected: one held out, one validating, one training), a GAN of two
+    // iterations, a TransUNet of three epochs.
     let set = [
         "--set",
-        "params.count=2",
+        "params.count=4",
         "--set",
-        "params.holdout=[]",
+        "params.holdout=[study_0003]",
         "--set",
         "params.gan_iterations=2",
+        "--set",
+        "params.seg_contrastive_epochs=1",
+        "--set",
+        "params.seg_joint_epochs=2",
     ];
     let first = s.json(&[&["run", "demo.yaml"][..], &set].concat());
     assert_eq!(first["failed"], 0, "{first}");

@@ -264,7 +264,7 @@ pub fn params_markdown(stage: &dyn DynStage) -> String {
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
             p.name,
-            p.ty,
+            p.ty.replace('|', "\\|"),
             if p.default == "required" {
                 "required".to_string()
             } else {

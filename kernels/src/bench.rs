@@ -378,5 +378,72 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
         gb_per_s: gbs,
         percent_of_copy: 100.0 * gbs / copy_gbs,
     });
+
+    // The segmenter's pixel losses on the reference batch (8 slices of 128²): forward (partial
+    // sums; the error is the relative error of the two means) and backward.
+    let n_l = 8 * 128 * 128;
+    let logits: Vec<f32> = crate::random_hu(n_l, 11)
+        .iter()
+        .map(|v| v / 200.0)
+        .collect();
+    let target: Vec<f32> = crate::random_hu(n_l, 12)
+        .iter()
+        .map(|v| f32::from(*v > 500.0))
+        .collect();
+    let (lh, th) = (up(&logits), up(&target));
+    let mut out = None;
+    let ms = median_ms(client, reps, || {
+        out = Some(crate::launch_pixel_losses(
+            client,
+            lh.clone(),
+            th.clone(),
+            n_l,
+            2.0,
+        ));
+    });
+    let partials = f32::from_bytes(&client.read_one_unchecked(out.expect("launched"))).to_vec();
+    let (want_m, want_s) = crate::pixel_losses_reference(&logits, &target, 2.0);
+    let sum = |k: usize| {
+        partials
+            .iter()
+            .skip(k)
+            .step_by(2)
+            .map(|&v| f64::from(v))
+            .sum::<f64>()
+    };
+    let err = ((sum(0) / n_l as f64 - want_m).abs() / want_m)
+        .max((sum(1) / n_l as f64 - want_s).abs() / want_s);
+    let gbs = (2 * n_l * 4) as f64 / (ms * 1e-3) / 1e9;
+    reports.push(KernelReport {
+        kernel: "pixel losses (MSE + sensitivity)".into(),
+        size: "8x128x128".into(),
+        max_error: err as f32,
+        ms,
+        gb_per_s: gbs,
+        percent_of_copy: 100.0 * gbs / copy_gbs,
+    });
+    let gh = up(&[0.7, 1.3]);
+    let mut out = None;
+    let ms = median_ms(client, reps, || {
+        out = Some(crate::launch_pixel_losses_backward(
+            client,
+            lh.clone(),
+            th.clone(),
+            gh.clone(),
+            n_l,
+            2.0,
+        ));
+    });
+    let got = f32::from_bytes(&client.read_one_unchecked(out.expect("launched")))[..n_l].to_vec();
+    let want = crate::pixel_losses_backward_reference(&logits, &target, [0.7, 1.3], 2.0);
+    let gbs = (3 * n_l * 4) as f64 / (ms * 1e-3) / 1e9;
+    reports.push(KernelReport {
+        kernel: "pixel losses backward".into(),
+        size: "8x128x128".into(),
+        max_error: crate::max_abs_diff(&want, &got),
+        ms,
+        gb_per_s: gbs,
+        percent_of_copy: 100.0 * gbs / copy_gbs,
+    });
     reports
 }

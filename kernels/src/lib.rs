@@ -58,6 +58,7 @@ mod bench;
 mod blur;
 mod ccl;
 mod device;
+mod losses;
 mod morphology;
 mod ops;
 pub mod perlin;
@@ -71,6 +72,11 @@ pub use blur::{blur_axis, blur_axis_kernel, blur_axis_reference, gaussian_weight
 pub use ccl::{
     BACKGROUND, Connectivity, ccl_compress_kernel, ccl_init_kernel, ccl_merge_kernel,
     label_components, label_components_reference, launch_label_components,
+};
+pub use losses::{
+    launch_pixel_losses, launch_pixel_losses_backward, pixel_loss_cubes, pixel_losses,
+    pixel_losses_backward, pixel_losses_backward_kernel, pixel_losses_backward_reference,
+    pixel_losses_kernel, pixel_losses_reference,
 };
 pub use morphology::{
     Morph, ellipsoid_offsets, launch_morph, morph, morph_kernel, morph_reference,

@@ -31,6 +31,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement, tensor::Cub
 use covflow_kernels::perlin::{Fractal, Permutation};
 
 use crate::gan::max_pool3d_plain;
+use crate::losses::{mse, sensitivity_bce};
 use crate::upsample::{upsample2x_backward_matrix, upsample2x_matrix};
 
 /// The operations covflow's models take from a backend; see the module documentation.
@@ -94,6 +95,55 @@ pub trait ModelBackend: Backend {
             .tensor()
     }
 
+    /// Whether [`ModelBackend::pixel_losses`] is this backend's own fused kernel. Where it is
+    /// not, the segmenter composes the losses from tensor operations, differentiated by burn.
+    const LOSS_KERNEL: bool = false;
+
+    /// `[mse, sensitivity]` of `logits` against `target` (any equal shapes): the means of
+    /// [`crate::mse`] and [`crate::sensitivity_bce`] (β = `beta`), as a `[2]` tensor.
+    fn pixel_losses(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        beta: f64,
+    ) -> FloatTensor<Self> {
+        let n = logits.shape().num_elements();
+        let (l, t) = (
+            flat::<Self>(logits).reshape([1, 1, 1, n]),
+            flat::<Self>(target).reshape([1, 1, 1, n]),
+        );
+        Tensor::cat(
+            vec![mse(l.clone(), t.clone()), sensitivity_bce(l, t, beta)],
+            0,
+        )
+        .into_primitive()
+        .tensor()
+    }
+
+    /// The gradient for [`ModelBackend::pixel_losses`]'s logits given the `[2]` gradient of its
+    /// output; the target gets none. Provided through the host reference.
+    fn pixel_losses_backward(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        beta: f64,
+    ) -> FloatTensor<Self> {
+        let shape = logits.shape();
+        let device = Self::float_device(&logits);
+        let host = |x: FloatTensor<Self>| -> Vec<f32> {
+            flat::<Self>(x)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("f32 values")
+        };
+        let (l, t, g) = (host(logits), host(target), host(grad));
+        let out =
+            covflow_kernels::pixel_losses_backward_reference(&l, &t, [g[0], g[1]], beta as f32);
+        let n = out.len();
+        let out = Tensor::<Self, 1>::from_data(TensorData::new(out, [n]), &device);
+        Self::float_reshape(out.into_primitive().tensor(), shape)
+    }
+
     /// 2-D convolution without bias, by implicit GEMM where the backend has it.
     fn conv2d_gemm(
         x: FloatTensor<Self>,
@@ -122,6 +172,12 @@ pub trait ModelBackend: Backend {
     ) -> FloatTensor<Self> {
         Self::conv2d_weight_backward(x, weight, grad, options)
     }
+}
+
+/// A float tensor of any rank as its elements in order.
+fn flat<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
+    let n = x.shape().num_elements();
+    Tensor::from_primitive(TensorPrimitive::Float(B::float_reshape(x, Shape::new([n]))))
 }
 
 impl ModelBackend for NdArray {}
@@ -165,6 +221,55 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
             covflow_kernels::launch_max_pool3d::<R>(&x.client, x.handle.clone(), s[0] * s[1], dims);
         let [d, h, w] = covflow_kernels::pooled_shape(dims);
         f32_like(&x, Shape::new([s[0], s[1], d, h, w]), out)
+    }
+
+    const LOSS_KERNEL: bool = true;
+
+    fn pixel_losses(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        beta: f64,
+    ) -> FloatTensor<Self> {
+        let l = burn_cubecl::kernel::into_contiguous(logits);
+        let t = burn_cubecl::kernel::into_contiguous(target);
+        let n = l.shape().num_elements();
+        let partials = covflow_kernels::launch_pixel_losses::<R>(
+            &l.client,
+            l.handle.clone(),
+            t.handle.clone(),
+            n,
+            beta as f32,
+        );
+        let cubes = covflow_kernels::pixel_loss_cubes(n);
+        let partials = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(f32_like(
+            &l,
+            Shape::new([cubes, 2]),
+            partials,
+        )));
+        (partials.sum_dim(0).reshape([2]) / n.max(1) as f32)
+            .into_primitive()
+            .tensor()
+    }
+
+    fn pixel_losses_backward(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        beta: f64,
+    ) -> FloatTensor<Self> {
+        let l = burn_cubecl::kernel::into_contiguous(logits);
+        let t = burn_cubecl::kernel::into_contiguous(target);
+        let g = burn_cubecl::kernel::into_contiguous(grad);
+        let n = l.shape().num_elements();
+        let out = covflow_kernels::launch_pixel_losses_backward::<R>(
+            &l.client,
+            l.handle.clone(),
+            t.handle.clone(),
+            g.handle.clone(),
+            n,
+            beta as f32,
+        );
+        f32_like(&l, l.shape(), out)
     }
 
     fn max_pool3d_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -279,6 +384,70 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
 
 /// One autodiff node per operation, whose backward calls the inner backend's.
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    const LOSS_KERNEL: bool = B::LOSS_KERNEL;
+
+    fn pixel_losses(
+        logits: FloatTensor<Self>,
+        target: FloatTensor<Self>,
+        beta: f64,
+    ) -> FloatTensor<Self> {
+        if !B::LOSS_KERNEL {
+            let n = logits.shape().num_elements();
+            let (l, t) = (
+                flat::<Self>(logits).reshape([1, 1, 1, n]),
+                flat::<Self>(target).reshape([1, 1, 1, n]),
+            );
+            return Tensor::cat(
+                vec![mse(l.clone(), t.clone()), sensitivity_bce(l, t, beta)],
+                0,
+            )
+            .into_primitive()
+            .tensor();
+        }
+
+        #[derive(Debug)]
+        struct PixelLosses;
+
+        impl<B: ModelBackend> Backward<B, 1> for PixelLosses {
+            /// The logits' checkpoint, the target (data: it gets no gradient), β.
+            type State = (NodeId, FloatTensor<B>, f64);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [parent] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (logits_id, target, beta) = ops.state;
+                if let Some(node) = parent {
+                    let logits: FloatTensor<B> = checkpointer.retrieve_node_output(logits_id);
+                    grads.register::<B>(
+                        node.id,
+                        B::pixel_losses_backward(logits, target, grad, beta),
+                    );
+                }
+            }
+        }
+
+        let target = target.primitive;
+        match PixelLosses
+            .prepare::<C>([logits.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let id = prep.checkpoint(&logits);
+                let out = B::pixel_losses(logits.primitive, target.clone(), beta);
+                prep.finish((id, target, beta), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::pixel_losses(logits.primitive, target, beta))
+            }
+        }
+    }
+
     fn max_pool3d(x: FloatTensor<Self>) -> FloatTensor<Self> {
         if !B::POOL3D_KERNEL {
             let x = Tensor::<Self, 5>::from_primitive(TensorPrimitive::Float(x));

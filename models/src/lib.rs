@@ -38,7 +38,7 @@ pub use gan_train::{
     add_noise, generator_config, heal, load_generator, plan_noise, save_generator,
 };
 pub use generator::{Generator, GeneratorConfig};
-pub use losses::{contrastive, mse, sensitivity_bce};
+pub use losses::{contrastive, mse, mse_and_sensitivity, sensitivity_bce};
 pub use seg_run::{SegError, SegOutcome, SegWeights, predict_volumes, train_segmenter};
 pub use seg_train::{Phase, Plateau, SegData, SegEpoch, SegRecipe, SegSlice, SegTrainer};
 pub use train::{LossConfig, SegmentationLearner, TrainingBench, bench_training};

@@ -66,6 +66,22 @@ pub fn mse<B: Backend>(logits: Tensor<B, 4>, target: Tensor<B, 4>) -> Tensor<B, 
     (sigmoid(logits) - target).powf_scalar(2.0).mean()
 }
 
+/// [`mse`] and [`sensitivity_bce`] together, by the backend's fused kernel where it has one
+/// ([`crate::ModelBackend::pixel_losses`]: one launch forward, one backward).
+pub fn mse_and_sensitivity<B: crate::ModelBackend>(
+    logits: Tensor<B, 4>,
+    target: Tensor<B, 4>,
+    beta: f64,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let both =
+        Tensor::<B, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(B::pixel_losses(
+            logits.into_primitive().tensor(),
+            target.into_primitive().tensor(),
+            beta,
+        )));
+    (both.clone().narrow(0, 0, 1), both.narrow(0, 1, 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +132,116 @@ mod tests {
         let p = 1.0 / (1.0 + 2f32.exp());
         assert!((l0 - (-(1.0 - p).ln())).abs() < 1e-5);
         assert!((l1 - (-(p.ln())) * (1.0 + 2.0 * (1.0 - p))).abs() < 1e-4);
+    }
+
+    /// Values and logit gradients of `a·mse + b·sensitivity`, fused (`fused`) or composed.
+    use burn::tensor::ElementConversion;
+
+    fn fused_or_plain<A>(
+        logits: &[f32],
+        target: &[f32],
+        dims: [usize; 4],
+        fused: bool,
+    ) -> (Vec<f32>, Vec<f32>)
+    where
+        A: burn::tensor::backend::AutodiffBackend + crate::ModelBackend,
+    {
+        let device = Default::default();
+        let l = Tensor::<A, 4>::from_data(TensorData::new(logits.to_vec(), dims), &device)
+            .require_grad();
+        let t = Tensor::<A, 4>::from_data(TensorData::new(target.to_vec(), dims), &device);
+        let (m, s) = if fused {
+            mse_and_sensitivity(l.clone(), t, 2.0)
+        } else {
+            (
+                mse(l.clone(), t.clone()),
+                sensitivity_bce(l.clone(), t, 2.0),
+            )
+        };
+        let values = vec![
+            m.clone().into_scalar().elem(),
+            s.clone().into_scalar().elem(),
+        ];
+        let grads = (m * 0.7 + s * 1.3).backward();
+        let g = l.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        (values, g)
+    }
+
+    fn random_batch(dims: [usize; 4]) -> (Vec<f32>, Vec<f32>) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let n: usize = dims.iter().product();
+        let logits = (0..n).map(|_| rng.random_range(-8.0..8.0)).collect();
+        let target = (0..n)
+            .map(|_| {
+                if rng.random::<f32>() < 0.3 {
+                    rng.random()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        (logits, target)
+    }
+
+    fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / scale)
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn wgpu_fused_losses_have_the_composed_losses_values_and_gradients() {
+        type Gpu = burn::backend::Autodiff<burn::backend::Wgpu>;
+        assert!(<Gpu as crate::ModelBackend>::LOSS_KERNEL);
+        let dims = [3, 1, 40, 37];
+        let (p, t) = random_batch(dims);
+        let (fused_v, fused_g) = fused_or_plain::<Gpu>(&p, &t, dims, true);
+        let (plain_v, plain_g) = fused_or_plain::<Gpu>(&p, &t, dims, false);
+        assert!(
+            relative_error(&plain_v, &fused_v) < 1e-5,
+            "{plain_v:?} vs {fused_v:?}"
+        );
+        let err = relative_error(&plain_g, &fused_g);
+        assert!(
+            err < 1e-4,
+            "gradients differ by {err} (relative to the largest)"
+        );
+    }
+
+    #[test]
+    fn without_a_kernel_the_pair_is_the_composed_losses() {
+        type Cpu = burn::backend::Autodiff<NdArray>;
+        assert!(!<Cpu as crate::ModelBackend>::LOSS_KERNEL);
+        let dims = [2, 1, 9, 11];
+        let (p, t) = random_batch(dims);
+        assert_eq!(
+            fused_or_plain::<Cpu>(&p, &t, dims, true),
+            fused_or_plain::<Cpu>(&p, &t, dims, false)
+        );
+        // The provided backward (host reference) is the composed gradient too.
+        let (l, tt) = (
+            Tensor::<NdArray, 4>::from_data(TensorData::new(p.clone(), dims), &Default::default()),
+            Tensor::<NdArray, 4>::from_data(TensorData::new(t.clone(), dims), &Default::default()),
+        );
+        let g = Tensor::<NdArray, 1>::from_data(
+            TensorData::new(vec![0.7f32, 1.3], [2]),
+            &Default::default(),
+        );
+        let host = <NdArray as crate::ModelBackend>::pixel_losses_backward(
+            l.into_primitive().tensor(),
+            tt.into_primitive().tensor(),
+            g.into_primitive().tensor(),
+            2.0,
+        );
+        let host: Vec<f32> =
+            Tensor::<NdArray, 4>::from_primitive(burn::tensor::TensorPrimitive::Float(host))
+                .into_data()
+                .to_vec()
+                .unwrap();
+        let (_, plain_g) = fused_or_plain::<Cpu>(&p, &t, dims, false);
+        assert!(relative_error(&plain_g, &host) < 1e-5);
     }
 }

@@ -348,29 +348,12 @@ where
             }
         }
         let validation = self.validation_loss(data);
-        let p = &self.recipe.plateau;
         let mut lr_changed_to = None;
-        // A NaN loss never improves, so `best` stays a number the state can write as JSON.
-        let improved = validation.is_finite()
-            && match self.state.best {
-                None => true,
-                Some(best) => validation < best * (1.0 - p.threshold),
-            };
-        if improved {
-            self.state.best = Some(validation);
-            self.state.best_epoch = epoch;
-            self.best_net = self.learner.net.valid();
-            self.state.bad_epochs = 0;
-        } else {
-            self.state.bad_epochs += 1;
-            if self.state.bad_epochs > p.patience {
-                let next = (self.state.lr * p.factor).max(p.min_lr);
-                if next < self.state.lr {
-                    self.state.lr = next;
-                    lr_changed_to = Some(next);
-                }
-                self.state.bad_epochs = 0;
-            }
+        // The validation loss is the joint phase's MSE + sensitivity, which contrastive epochs
+        // barely train: the schedule and the best weights follow it from the joint phase on
+        // (from the start when there is no joint phase).
+        if phase == Phase::Joint || self.recipe.joint_epochs == 0 {
+            lr_changed_to = self.schedule(epoch, validation);
         }
         let e = SegEpoch {
             epoch,
@@ -384,6 +367,35 @@ where
         };
         self.state.history.push(e.clone());
         e
+    }
+
+    /// ReduceLROnPlateau after `epoch` scored `validation`; keeps the best network. Returns the
+    /// new rate when it changed.
+    fn schedule(&mut self, epoch: usize, validation: f64) -> Option<f64> {
+        let p = &self.recipe.plateau;
+        // A NaN loss never improves, so `best` stays a number the state can write as JSON.
+        let improved = validation.is_finite()
+            && match self.state.best {
+                None => true,
+                Some(best) => validation < best * (1.0 - p.threshold),
+            };
+        if improved {
+            self.state.best = Some(validation);
+            self.state.best_epoch = epoch;
+            self.best_net = self.learner.net.valid();
+            self.state.bad_epochs = 0;
+            return None;
+        }
+        self.state.bad_epochs += 1;
+        if self.state.bad_epochs <= p.patience {
+            return None;
+        }
+        self.state.bad_epochs = 0;
+        let next = (self.state.lr * p.factor).max(p.min_lr);
+        (next < self.state.lr).then(|| {
+            self.state.lr = next;
+            next
+        })
     }
 
     /// Writes the weights, the optimiser, the schedule and the history to `dir` atomically.
@@ -497,10 +509,54 @@ mod tests {
         assert_eq!(h[0].phase, Phase::Contrastive);
         assert!(h[0].sensitivity.is_none() && h[0].contrastive.is_some());
         assert_eq!(h[3].phase, Phase::Joint);
-        // Patience 0: any epoch that does not improve cuts the rate, and the history says so.
+        // Patience 0: any joint epoch that does not improve cuts the rate, and the history says
+        // so; the contrastive epoch does not take part.
+        assert_eq!(h[0].lr_changed_to, None);
+        assert!(straight.best_epoch() >= 2);
         for w in h.windows(2) {
             let expected = w[0].lr_changed_to.unwrap_or(w[0].lr);
             assert_eq!(w[1].lr, expected);
         }
+    }
+
+    #[test]
+    fn the_plateau_schedule_cuts_the_rate_as_pytorch_does() {
+        let mut r = recipe();
+        r.plateau = Plateau {
+            factor: 0.1,
+            patience: 1,
+            threshold: 1e-4,
+            min_lr: 2e-5,
+        };
+        let mut t = SegTrainer::<B>::new(r, Default::default());
+        let cuts: Vec<Option<f64>> = [1.0, 0.9, 0.95, 0.95, 0.95, 0.8, 0.79995, f64::NAN, 0.9, 0.9]
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| t.schedule(i + 1, v))
+            .collect();
+        // Epoch 4 is the second without improvement (patience 1); 0.79995 improves on 0.8 by
+        // less than the relative threshold; NaN never improves; the floor stops the last cut.
+        let expected = [
+            None,
+            None,
+            None,
+            Some(1e-4),
+            None,
+            None,
+            None,
+            Some(2e-5),
+            None,
+            None,
+        ];
+        assert_eq!(cuts.len(), expected.len());
+        for (c, e) in cuts.iter().zip(expected) {
+            match (c, e) {
+                (Some(c), Some(e)) => assert!((c - e).abs() < 1e-12, "{cuts:?}"),
+                (None, None) => {}
+                _ => panic!("{cuts:?}"),
+            }
+        }
+        assert_eq!(t.best_epoch(), 6);
+        assert_eq!(t.state.lr, 2e-5);
     }
 }

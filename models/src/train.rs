@@ -8,7 +8,7 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, Tensor};
 
-use crate::losses::{contrastive, mse, sensitivity_bce};
+use crate::losses::{contrastive, mse, mse_and_sensitivity, sensitivity_bce};
 use crate::transunet::{TransUNet, TransUNetConfig};
 
 /// Loss weights and constants (docs/method.md, stage 7).
@@ -91,8 +91,16 @@ impl<B: crate::ModelBackend> SegmentationLearner<B> {
             let z = self.projection.forward(pooled);
             contrastive(z, labels, cfg.temperature, cfg.positive_weight)
         });
-        let m = which[1].then(|| mse(out.logits.clone(), pseudo_masks.clone()));
-        let s = which[2].then(|| sensitivity_bce(out.logits, pseudo_masks, cfg.beta));
+        let (m, s) = if B::LOSS_KERNEL && (which[1] || which[2]) {
+            // One fused pass computes both; an unused one costs nothing more.
+            let (m, s) = mse_and_sensitivity(out.logits, pseudo_masks, cfg.beta);
+            (which[1].then_some(m), which[2].then_some(s))
+        } else {
+            (
+                which[1].then(|| mse(out.logits.clone(), pseudo_masks.clone())),
+                which[2].then(|| sensitivity_bce(out.logits, pseudo_masks, cfg.beta)),
+            )
+        };
         [c, m, s]
     }
 }
