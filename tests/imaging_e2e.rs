@@ -319,13 +319,13 @@ fn demo_pipeline_runs_and_then_is_cached() {
     let s = Scratch::new();
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.yaml");
     std::fs::copy(&demo, s.path().join("demo.yaml")).unwrap();
-    // Four studies (three infected: one held out, one validating, one training), a GAN of two
-    // iterations, a TransUNet of three epochs.
+    // Four studies (three infected: study_0001 held out, study_0004 validating, study_0003
+    // training, which has "high" slices), a GAN of two iterations, a TransUNet of three epochs.
     let set = [
         "--set",
         "params.count=4",
         "--set",
-        "params.holdout=[study_0003]",
+        "params.holdout=[study_0001]",
         "--set",
         "params.gan_iterations=2",
         "--set",

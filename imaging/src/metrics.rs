@@ -158,6 +158,165 @@ pub fn separation(mut scored: Vec<(f32, bool)>) -> Separation {
     }
 }
 
+/// One slice's confusion counts as the evaluation reads them (docs/method.md, stage 8): the
+/// prediction is `score > threshold · max(score over the slice)`, the truth a lesion mask; counts
+/// over the whole slice, and the slice's lung pixels for its infection %.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SliceCounts {
+    /// Predicted and lesion.
+    pub tp: u64,
+    /// Predicted, not lesion.
+    pub fp: u64,
+    /// Lesion, not predicted.
+    pub fn_: u64,
+    /// Neither.
+    pub tn: u64,
+    /// Lung pixels.
+    pub lung: u64,
+}
+
+impl SliceCounts {
+    /// Pixels in the slice.
+    pub fn pixels(&self) -> u64 {
+        self.tp + self.fp + self.fn_ + self.tn
+    }
+
+    /// Lesion pixels.
+    pub fn lesion(&self) -> u64 {
+        self.tp + self.fn_
+    }
+
+    /// Whether the slice is scored: its lesion covers more than 1 % of it (the original's rule:
+    /// more than 163 pixels of 128²).
+    pub fn scored(&self) -> bool {
+        100 * self.lesion() > self.pixels()
+    }
+
+    /// 2|P ∩ T| / (|P| + |T|); 1 when both are empty.
+    pub fn dice(&self) -> f64 {
+        ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn_)
+    }
+
+    /// |P ∩ T| / |T|; 1 when there is no lesion.
+    pub fn sensitivity(&self) -> f64 {
+        ratio(self.tp, self.lesion())
+    }
+
+    /// |P̄ ∩ T̄| / |T̄|; 1 when everything is lesion.
+    pub fn specificity(&self) -> f64 {
+        ratio(self.tn, self.tn + self.fp)
+    }
+
+    /// 100 · |lesion| / |lung| (0 without lung).
+    pub fn infection_percent(&self) -> f64 {
+        if self.lung == 0 {
+            0.0
+        } else {
+            100.0 * self.lesion() as f64 / self.lung as f64
+        }
+    }
+
+    /// The counts of several slices together (a volume's 3-D Dice reads the sum).
+    pub fn sum<'a>(slices: impl IntoIterator<Item = &'a SliceCounts>) -> SliceCounts {
+        slices
+            .into_iter()
+            .fold(SliceCounts::default(), |a, s| SliceCounts {
+                tp: a.tp + s.tp,
+                fp: a.fp + s.fp,
+                fn_: a.fn_ + s.fn_,
+                tn: a.tn + s.tn,
+                lung: a.lung + s.lung,
+            })
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 1.0 } else { a as f64 / b as f64 }
+}
+
+/// Plain reference of the per-slice counts of a `[d, h, w]` score volume against its lesion and
+/// lung masks (> 0.5 is inside), the prediction thresholded at `threshold` times each slice's
+/// maximum score.
+///
+/// ```
+/// use covflow_imaging::metrics::slice_counts;
+/// // One slice of four pixels: scores 0.9, 0.5, 0.1, 0; the cut 0.5 · 0.9 keeps the first two.
+/// let c = slice_counts(&[0.9, 0.5, 0.1, 0.0], &[1.0, 0.0, 1.0, 0.0], &[1.0; 4], [1, 2, 2], 0.5);
+/// assert_eq!((c[0].tp, c[0].fp, c[0].fn_, c[0].tn), (1, 1, 1, 1));
+/// assert_eq!(c[0].dice(), 0.5);
+/// ```
+pub fn slice_counts(
+    score: &[f32],
+    lesion: &[f32],
+    lung: &[f32],
+    [d, h, w]: [usize; 3],
+    threshold: f32,
+) -> Vec<SliceCounts> {
+    let plane = h * w;
+    assert!(
+        score.len() == d * plane && lesion.len() == d * plane && lung.len() == d * plane,
+        "score, lesion and lung must match the volume's shape"
+    );
+    (0..d)
+        .map(|z| {
+            let r = z * plane..(z + 1) * plane;
+            let max = score[r.clone()]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let cut = threshold * max;
+            let mut c = SliceCounts::default();
+            for ((&s, &t), &l) in score[r.clone()]
+                .iter()
+                .zip(&lesion[r.clone()])
+                .zip(&lung[r])
+            {
+                match (s > cut, t > 0.5) {
+                    (true, true) => c.tp += 1,
+                    (true, false) => c.fp += 1,
+                    (false, true) => c.fn_ += 1,
+                    (false, false) => c.tn += 1,
+                }
+                c.lung += u64::from(l > 0.5);
+            }
+            c
+        })
+        .collect()
+}
+
+/// Mean and (population) standard deviation, as the evaluation reports them.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MeanStd {
+    /// The mean (NaN when there are no values).
+    pub mean: f64,
+    /// The standard deviation.
+    pub std: f64,
+    /// How many values.
+    pub n: usize,
+}
+
+impl MeanStd {
+    /// Of `values`.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let v: Vec<f64> = values.into_iter().collect();
+        let n = v.len();
+        if n == 0 {
+            return Self {
+                mean: f64::NAN,
+                std: f64::NAN,
+                n,
+            };
+        }
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
+        Self {
+            mean,
+            std: var.sqrt(),
+            n,
+        }
+    }
+}
+
 #[cfg(test)]
 mod separation_tests {
     use super::separation;
@@ -235,5 +394,102 @@ mod separation_tests {
             let d = 2.0 * tp as f64 / (2 * tp + fp + fn_).max(1) as f64;
             assert!((d - got.best_dice).abs() < 1e-12, "{s:?} {got:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod slice_tests {
+    use super::{MeanStd, SliceCounts, slice_counts};
+
+    fn counts(pred: &[u8], truth: &[u8]) -> SliceCounts {
+        let score: Vec<f32> = pred.iter().map(|&p| f32::from(p)).collect();
+        let t: Vec<f32> = truth.iter().map(|&p| f32::from(p)).collect();
+        slice_counts(&score, &t, &vec![1.0; t.len()], [1, 1, t.len()], 0.5)[0]
+    }
+
+    #[test]
+    fn slice_metrics_on_hand_made_masks() {
+        // 10 pixels: truth on 0..4, prediction on 2..6: TP 2, FP 2, FN 2, TN 4.
+        let c = counts(
+            &[0, 0, 1, 1, 1, 1, 0, 0, 0, 0],
+            &[1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+        );
+        assert_eq!((c.tp, c.fp, c.fn_, c.tn), (2, 2, 2, 4));
+        assert_eq!(c.dice(), 0.5);
+        assert_eq!(c.sensitivity(), 0.5);
+        assert!((c.specificity() - 4.0 / 6.0).abs() < 1e-12);
+        assert_eq!(c.infection_percent(), 40.0);
+        // An empty prediction on a lesion: Dice and sensitivity 0, specificity 1.
+        let c = counts(&[0; 4], &[1, 1, 0, 0]);
+        assert_eq!(
+            (c.dice(), c.sensitivity(), c.specificity()),
+            (0.0, 0.0, 1.0)
+        );
+        // No truth, no prediction: nothing to miss (Dice 1), and the slice is not scored.
+        let c = counts(&[0; 4], &[0; 4]);
+        assert_eq!(
+            (c.dice(), c.sensitivity(), c.specificity()),
+            (1.0, 1.0, 1.0)
+        );
+        assert!(!c.scored());
+        // No truth but a prediction: Dice 0, specificity below 1.
+        let c = counts(&[1, 0, 0, 0], &[0; 4]);
+        assert_eq!((c.dice(), c.specificity()), (0.0, 0.75));
+    }
+
+    #[test]
+    fn the_one_percent_rule_scores_slices_with_more_than_163_lesion_pixels_of_128_squared() {
+        let slice = |lesion_pixels: usize| {
+            let truth: Vec<u8> = (0..128 * 128)
+                .map(|i| u8::from(i < lesion_pixels))
+                .collect();
+            counts(&vec![0; 128 * 128], &truth)
+        };
+        assert!(!slice(163).scored());
+        assert!(slice(164).scored());
+    }
+
+    #[test]
+    fn the_threshold_is_relative_to_each_slices_maximum() {
+        // Two slices whose scores are a factor 10 apart predict the same pixels.
+        let score = [0.9, 0.3, 0.09, 0.03];
+        let lesion = [1.0, 0.0, 1.0, 0.0];
+        let c = slice_counts(&score, &lesion, &[1.0; 4], [2, 1, 2], 0.2);
+        assert_eq!(c[0], c[1]);
+        assert_eq!((c[0].tp, c[0].fp), (1, 1));
+        let total = SliceCounts::sum(&c);
+        assert_eq!((total.tp, total.fp, total.fn_, total.tn), (2, 2, 0, 0));
+    }
+
+    #[test]
+    fn the_originals_max_over_pixels_scores_differ() {
+        // The original returned the maximum of a per-pixel score, so one correct pixel made a
+        // slice perfect. Here one lesion pixel of 200 is found: Dice 2/201, not 1.
+        let truth: Vec<u8> = (0..1000).map(|i| u8::from(i < 200)).collect();
+        let pred: Vec<u8> = (0..1000).map(|i| u8::from(i == 0)).collect();
+        let c = counts(&pred, &truth);
+        let per_pixel_max = pred
+            .iter()
+            .zip(&truth)
+            .map(|(&p, &t)| {
+                let (p, t) = (f64::from(p), f64::from(t));
+                if p + t == 0.0 {
+                    0.0
+                } else {
+                    2.0 * p * t / (p + t)
+                }
+            })
+            .fold(0.0, f64::max);
+        assert_eq!(per_pixel_max, 1.0);
+        assert!((c.dice() - 2.0 / 201.0).abs() < 1e-12);
+        assert!((c.sensitivity() - 1.0 / 200.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mean_and_std() {
+        let m = MeanStd::of([1.0, 2.0, 3.0, 4.0]);
+        assert_eq!((m.mean, m.n), (2.5, 4));
+        assert!((m.std - 1.25f64.sqrt()).abs() < 1e-12);
+        assert!(MeanStd::of([]).mean.is_nan());
     }
 }
