@@ -5,9 +5,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use common::{Scratch, find_file};
+use common::{Scratch, cached_logs, find_file};
 
 /// Two phantoms (CT-1, CT-0) on a 32³ grid and a GAN of eight iterations at 1/8 width,
 /// checkpointed after every iteration.
@@ -55,43 +54,12 @@ fn a_killed_gan_training_resumes_from_its_checkpoint_and_ends_bit_for_bit_the_sa
     let s = Scratch::new();
     s.write("p.yaml", PIPELINE);
     let cache = s.path().join(".covflow");
-    let mut child = s
-        .covflow()
-        .args(["run", "p.yaml", "--until", "gan"])
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while checkpoint_iteration(&cache).is_none_or(|i| i < 2) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the training finished before it could be killed"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let at_kill = checkpoint_iteration(&cache).unwrap();
+    let at_kill = s.kill_when("p.yaml", "gan", checkpoint_iteration, 2);
     assert!(at_kill < 8, "killed too late to show a resume ({at_kill})");
 
     let report = s.json(&["run", "p.yaml"]);
     assert_eq!(report["failed"], 0, "{report}");
-    // A finished task's log lives in its artifact's manifest.
-    let mut logs = String::new();
-    for shard in std::fs::read_dir(cache.join("objects")).unwrap() {
-        for object in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let manifest = object.unwrap().path().join("manifest.json");
-            if let Ok(text) = std::fs::read(&manifest) {
-                let m: serde_json::Value = serde_json::from_slice(&text).unwrap();
-                logs += m["log"].as_str().unwrap_or_default();
-            }
-        }
-    }
+    let logs = cached_logs(&cache);
     let resumed = logs
         .lines()
         .find_map(|l| l.strip_prefix("resumed from the checkpoint of iteration "))

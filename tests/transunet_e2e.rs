@@ -6,9 +6,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use common::{Scratch, find_file, states};
+use common::{Scratch, cached_logs, find_file, states};
 
 /// Four phantoms (CT-1, CT-0, CT-2, CT-1) on a 32³ grid, a GAN of two iterations for the
 /// pseudo-masks, and a TransUNet at 1/16 width: study_0003 is held out and predicted, one
@@ -53,33 +52,18 @@ stages:
 ";
 
 /// Epochs of the newest TransUNet checkpoint under `cache`, if any.
-fn checkpoint_epoch(cache: &Path) -> Option<usize> {
+fn checkpoint_epoch(cache: &Path) -> Option<u64> {
     let work = std::fs::read_dir(cache.join("work")).ok()?;
     work.filter_map(|e| e.ok())
         .filter_map(|e| std::fs::read(e.path().join("checkpoint/state.json")).ok())
         .filter_map(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-        .filter_map(|v| v["history"].as_array().map(Vec::len))
+        .filter_map(|v| v["history"].as_array().map(|h| h.len() as u64))
         .max()
 }
 
 fn file(cache: PathBuf, name: &str) -> Vec<u8> {
     std::fs::read(find_file(cache.join("objects"), name).unwrap_or_else(|| panic!("no {name}")))
         .unwrap()
-}
-
-/// Every finished task's log under `cache`.
-fn logs(cache: &Path) -> String {
-    let mut logs = String::new();
-    for shard in std::fs::read_dir(cache.join("objects")).unwrap() {
-        for object in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let manifest = object.unwrap().path().join("manifest.json");
-            if let Ok(text) = std::fs::read(&manifest) {
-                let m: serde_json::Value = serde_json::from_slice(&text).unwrap();
-                logs += m["log"].as_str().unwrap_or_default();
-            }
-        }
-    }
-    logs
 }
 
 #[test]
@@ -97,34 +81,13 @@ fn a_killed_transunet_training_resumes_bit_for_bit_and_predicts() {
     let cache = s.path().join(".covflow");
     assert_eq!(s.json(&["run", "p.yaml", "--until", "pseudo"])["failed"], 0);
     // Killed (SIGKILL: no chance to clean up) once a checkpoint past epoch 5 exists.
-    let mut child = s
-        .covflow()
-        .args(["run", "p.yaml", "--until", "seg"])
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while checkpoint_epoch(&cache).is_none_or(|e| e < 5) {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the training finished before it could be killed"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let at_kill = checkpoint_epoch(&cache).unwrap();
+    let at_kill = s.kill_when("p.yaml", "seg", checkpoint_epoch, 5);
     assert!(at_kill < 40, "killed too late to show a resume ({at_kill})");
 
     let report = s.json(&["run", "p.yaml"]);
     assert_eq!(report["failed"], 0, "{report}");
-    let logs = logs(&cache);
-    let resumed: usize = logs
+    let logs = cached_logs(&cache);
+    let resumed: u64 = logs
         .lines()
         .find_map(|l| l.strip_prefix("resumed from the checkpoint of epoch "))
         .unwrap_or_else(|| panic!("no resume in the logs:\n{logs}"))

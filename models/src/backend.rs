@@ -106,17 +106,7 @@ pub trait ModelBackend: Backend {
         target: FloatTensor<Self>,
         beta: f64,
     ) -> FloatTensor<Self> {
-        let n = logits.shape().num_elements();
-        let (l, t) = (
-            flat::<Self>(logits).reshape([1, 1, 1, n]),
-            flat::<Self>(target).reshape([1, 1, 1, n]),
-        );
-        Tensor::cat(
-            vec![mse(l.clone(), t.clone()), sensitivity_bce(l, t, beta)],
-            0,
-        )
-        .into_primitive()
-        .tensor()
+        composed_pixel_losses::<Self>(logits, target, beta)
     }
 
     /// The gradient for [`ModelBackend::pixel_losses`]'s logits given the `[2]` gradient of its
@@ -178,6 +168,25 @@ pub trait ModelBackend: Backend {
 fn flat<B: Backend>(x: FloatTensor<B>) -> Tensor<B, 1> {
     let n = x.shape().num_elements();
     Tensor::from_primitive(TensorPrimitive::Float(B::float_reshape(x, Shape::new([n]))))
+}
+
+/// `[mse, sensitivity]` composed from tensor operations (differentiated by burn under autodiff).
+fn composed_pixel_losses<B: Backend>(
+    logits: FloatTensor<B>,
+    target: FloatTensor<B>,
+    beta: f64,
+) -> FloatTensor<B> {
+    let n = logits.shape().num_elements();
+    let (l, t) = (
+        flat::<B>(logits).reshape([1, 1, 1, n]),
+        flat::<B>(target).reshape([1, 1, 1, n]),
+    );
+    Tensor::cat(
+        vec![mse(l.clone(), t.clone()), sensitivity_bce(l, t, beta)],
+        0,
+    )
+    .into_primitive()
+    .tensor()
 }
 
 impl ModelBackend for NdArray {}
@@ -392,17 +401,7 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         beta: f64,
     ) -> FloatTensor<Self> {
         if !B::LOSS_KERNEL {
-            let n = logits.shape().num_elements();
-            let (l, t) = (
-                flat::<Self>(logits).reshape([1, 1, 1, n]),
-                flat::<Self>(target).reshape([1, 1, 1, n]),
-            );
-            return Tensor::cat(
-                vec![mse(l.clone(), t.clone()), sensitivity_bce(l, t, beta)],
-                0,
-            )
-            .into_primitive()
-            .tensor();
+            return composed_pixel_losses::<Self>(logits, target, beta);
         }
 
         #[derive(Debug)]

@@ -87,3 +87,56 @@ pub fn find_file(dir: PathBuf, name: &str) -> Option<PathBuf> {
     }
     None
 }
+
+impl Scratch {
+    /// Runs `covflow run FILE --until STAGE` and SIGKILLs it (no chance to clean up) as soon as
+    /// `checkpoint(cache)` reports `at_least`; returns what it reports then. Fails when the run
+    /// ends first or nothing appears within ten minutes.
+    pub fn kill_when(
+        &self,
+        file: &str,
+        stage: &str,
+        checkpoint: impl Fn(&Path) -> Option<u64>,
+        at_least: u64,
+    ) -> u64 {
+        let cache = self.path().join(".covflow");
+        let mut child = self
+            .covflow()
+            .args(["run", file, "--until", stage])
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while checkpoint(&cache).is_none_or(|i| i < at_least) {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the training finished before it could be killed"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(600),
+                "no checkpoint appeared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        checkpoint(&cache).unwrap()
+    }
+}
+
+/// Every finished task's log under the cache `cache` (a finished task's log lives in its
+/// artifact's manifest).
+pub fn cached_logs(cache: &Path) -> String {
+    let mut logs = String::new();
+    for shard in std::fs::read_dir(cache.join("objects")).unwrap() {
+        for object in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let manifest = object.unwrap().path().join("manifest.json");
+            if let Ok(text) = std::fs::read(&manifest) {
+                let m: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                logs += m["log"].as_str().unwrap_or_default();
+            }
+        }
+    }
+    logs
+}
