@@ -126,6 +126,18 @@ pub fn one_input(kind: &str, decl: &StageDecl) -> Result<(), ParamError> {
     ))
 }
 
+/// Checks that a stage kind that reads two upstream artifacts has exactly two; `which` names
+/// them (`"[GAN, CROPS] (a gan_train stage, then the crops)"`).
+pub fn two_inputs(kind: &str, which: &str, decl: &StageDecl) -> Result<(), ParamError> {
+    if decl.needs.len() == 2 {
+        return Ok(());
+    }
+    Err(ParamError::decl(
+        "needs",
+        format!("{kind} reads two upstream stages: {which}"),
+    ))
+}
+
 /// The README's Rust examples ("Adding a stage kind") compile against this crate.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -209,14 +209,7 @@ impl SliceTable {
 
     /// Reads the `slices.json` a pseudo_mask stage wrote in `dir`.
     pub fn read(dir: &Path) -> Result<Self, StageError> {
-        let path = dir.join("slices.json");
-        let text = std::fs::read(&path).map_err(|e| {
-            format!(
-                "{}: {e}\n  help: the first of `needs` must be a pseudo_mask stage",
-                path.display()
-            )
-        })?;
-        Ok(serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?)
+        read_upstream(&dir.join("slices.json"), "pseudo_mask")
     }
 
     /// Writes `slices.csv` and `slices.json`.
@@ -233,6 +226,21 @@ impl SliceTable {
         write(&out.join("slices.csv"), csv.as_bytes())?;
         write(&out.join("slices.json"), &serde_json::to_vec_pretty(self)?)
     }
+}
+
+/// Reads a JSON record an upstream stage of kind `kind` wrote; when it is missing, the error
+/// says the first of `needs` must be such a stage.
+pub fn read_upstream<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    kind: &str,
+) -> Result<T, StageError> {
+    let text = std::fs::read(path).map_err(|e| {
+        format!(
+            "{}: {e}\n  help: the first of `needs` must be a {kind} stage",
+            path.display()
+        )
+    })?;
+    Ok(serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
 /// How well each item's voxel score finds its known lesions (inside the lung), and over all

@@ -13,7 +13,7 @@ use covflow_models::predict_volumes;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel_device;
-use crate::masks::{Quality, item_dir, read_crops_of, write, write_scores};
+use crate::masks::{Quality, item_dir, read_crops_of, read_upstream, write, write_scores};
 use crate::transunet_train::{BEST, INFO, LAST, SegInfo};
 
 /// The `predict` stage kind.
@@ -106,13 +106,11 @@ impl Stage for PredictStage {
 
     fn check(&self, p: &PredictParams, decl: &StageDecl) -> Result<(), ParamError> {
         crate::check_range("batch", p.batch, 1..=4096, "")?;
-        if decl.needs.len() != 2 {
-            return Err(ParamError::decl(
-                "needs",
-                "predict reads two upstream stages: [TRAINING, CROPS] (a transunet_train stage, then the crops)",
-            ));
-        }
-        Ok(())
+        crate::two_inputs(
+            self.kind(),
+            "[TRAINING, CROPS] (a transunet_train stage, then the crops)",
+            decl,
+        )
     }
 
     fn device_dependent(&self) -> bool {
@@ -124,15 +122,7 @@ impl Stage for PredictStage {
             .inputs
             .first()
             .ok_or("predict has no transunet_train input")?;
-        let info_path = seg.dir.join(INFO);
-        let text = std::fs::read(&info_path).map_err(|e| {
-            format!(
-                "{}: {e}\n  help: the first of `needs` must be a transunet_train stage",
-                info_path.display()
-            )
-        })?;
-        let info: SegInfo =
-            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", info_path.display()))?;
+        let info: SegInfo = read_upstream(&seg.dir.join(INFO), "transunet_train")?;
         let wanted: Option<&[String]> = match &p.items {
             Items::Named(ItemSet::Holdout) => Some(&info.holdout),
             Items::Named(ItemSet::All) => None,

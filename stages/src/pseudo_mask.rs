@@ -12,7 +12,7 @@ use covflow_models::heal_volumes;
 
 use crate::gan_train::{GanInfo, INFO, WEIGHTS};
 use crate::masks::{
-    Quality, SliceTable, infected_categories, item_dir, read_crops_of, write_scores,
+    Quality, SliceTable, infected_categories, item_dir, read_crops_of, read_upstream, write_scores,
 };
 use crate::{kernel_device, kernels_for};
 
@@ -58,13 +58,11 @@ impl Stage for PseudoMaskStage {
 
     fn check(&self, p: &PseudoMaskParams, decl: &StageDecl) -> Result<(), ParamError> {
         crate::check_range("batch", p.batch, 1..=256, "")?;
-        if decl.needs.len() != 2 {
-            return Err(ParamError::decl(
-                "needs",
-                "pseudo_mask reads two upstream stages: [GAN, CROPS] (a gan_train stage, then the crops)",
-            ));
-        }
-        Ok(())
+        crate::two_inputs(
+            self.kind(),
+            "[GAN, CROPS] (a gan_train stage, then the crops)",
+            decl,
+        )
     }
 
     fn device_dependent(&self) -> bool {
@@ -76,15 +74,7 @@ impl Stage for PseudoMaskStage {
             .inputs
             .first()
             .ok_or("pseudo_mask has no gan_train input")?;
-        let info_path = gan.dir.join(INFO);
-        let text = std::fs::read(&info_path).map_err(|e| {
-            format!(
-                "{}: {e}\n  help: the first of `needs` must be a gan_train stage",
-                info_path.display()
-            )
-        })?;
-        let info: GanInfo =
-            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", info_path.display()))?;
+        let info: GanInfo = read_upstream(&gan.dir.join(INFO), "gan_train")?;
         let crops = read_crops_of(&ctx.inputs[1..], &p.categories, self.kind())?;
         if let Some(c) = crops.iter().find(|c| c.shape != info.shape) {
             return Err(format!("{} is {:?} but the GAN was trained on {:?}\n  help: use the crops the GAN was trained on", c.id, c.shape, info.shape).into());

@@ -293,13 +293,11 @@ impl Stage for TransUNetTrainStage {
                 format!("{v} is also held out; an item is trained, validated or held out, once"),
             ));
         }
-        if decl.needs.len() != 2 {
-            return Err(ParamError::decl(
-                "needs",
-                "transunet_train reads two upstream stages: [PSEUDO, CROPS] (a pseudo_mask stage, then the crops)",
-            ));
-        }
-        Ok(())
+        crate::two_inputs(
+            self.kind(),
+            "[PSEUDO, CROPS] (a pseudo_mask stage, then the crops)",
+            decl,
+        )
     }
 
     fn device_dependent(&self) -> bool {
