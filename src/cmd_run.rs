@@ -218,11 +218,13 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             }
             return Ok(());
         }
-        return finish(&report, a.json);
+        finish(&report, a.json)?;
+        return crate::cmd_report::after_run(&wf, &a.pipeline.file, a.json);
     }
     let report =
         block_on(run_local(wf.clone(), opts, CancelToken::default())).map_err(run_error)?;
-    finish(&report, a.json)
+    finish(&report, a.json)?;
+    crate::cmd_report::after_run(&wf, &a.pipeline.file, a.json)
 }
 
 fn run_error(e: RunError) -> Failure {

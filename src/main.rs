@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod cmd_bench;
 mod cmd_cache;
 mod cmd_imaging;
+mod cmd_report;
 mod cmd_run;
 mod workflow;
 
@@ -66,6 +67,12 @@ enum Command {
     Cache(cmd_cache::CacheCommand),
     /// Copy a stage's artifacts out of the cache, one folder per item.
     Export(cmd_cache::ExportArgs),
+    /// Write one self-contained HTML page of the cached results: metric tables, figures, and
+    /// the provenance of each.
+    Report(cmd_report::ReportArgs),
+    /// Show or compare the evaluation's summary metrics (from the cache; nothing runs).
+    #[command(subcommand)]
+    Metrics(cmd_report::MetricsCommand),
     /// Measure covflow's hot paths (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd_bench::BenchCommand),
@@ -119,6 +126,8 @@ fn main() -> ExitCode {
         Command::Audit(a) => cmd_cache::audit(a),
         Command::Cache(c) => cmd_cache::cache(c),
         Command::Export(a) => cmd_cache::export(a),
+        Command::Report(a) => cmd_report::report(a),
+        Command::Metrics(c) => cmd_report::metrics(c),
         Command::Bench(b) => cmd_bench::run(b),
         Command::Inspect(a) => cmd_imaging::inspect(a),
         Command::Phantom(a) => cmd_imaging::phantom(a),

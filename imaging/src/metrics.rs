@@ -234,52 +234,35 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 1.0 } else { a as f64 / b as f64 }
 }
 
-/// Plain reference of the per-slice counts of a `[d, h, w]` score volume against its lesion and
-/// lung masks (> 0.5 is inside), the prediction thresholded at `threshold` times each slice's
-/// maximum score.
+/// The per-slice counts of a `[d, h, w]` score volume against its lesion and lung masks (> 0.5 is
+/// inside), the prediction thresholded at `threshold` times each slice's maximum score: one
+/// kernel pass on a device, its CPU reference on `Kernels::Cpu` (`covflow_kernels::slice_counts`).
 ///
 /// ```
 /// use covflow_imaging::metrics::slice_counts;
+/// let cpu = covflow_imaging::Kernels::Cpu;
 /// // One slice of four pixels: scores 0.9, 0.5, 0.1, 0; the cut 0.5 · 0.9 keeps the first two.
-/// let c = slice_counts(&[0.9, 0.5, 0.1, 0.0], &[1.0, 0.0, 1.0, 0.0], &[1.0; 4], [1, 2, 2], 0.5);
+/// let c = slice_counts(&cpu, &[0.9, 0.5, 0.1, 0.0], &[1.0, 0.0, 1.0, 0.0], &[1.0; 4], [1, 2, 2], 0.5);
 /// assert_eq!((c[0].tp, c[0].fp, c[0].fn_, c[0].tn), (1, 1, 1, 1));
 /// assert_eq!(c[0].dice(), 0.5);
 /// ```
 pub fn slice_counts(
+    kernels: &covflow_kernels::Kernels,
     score: &[f32],
     lesion: &[f32],
     lung: &[f32],
-    [d, h, w]: [usize; 3],
+    shape: [usize; 3],
     threshold: f32,
 ) -> Vec<SliceCounts> {
-    let plane = h * w;
-    assert!(
-        score.len() == d * plane && lesion.len() == d * plane && lung.len() == d * plane,
-        "score, lesion and lung must match the volume's shape"
-    );
-    (0..d)
-        .map(|z| {
-            let r = z * plane..(z + 1) * plane;
-            let max = score[r.clone()]
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let cut = threshold * max;
-            let mut c = SliceCounts::default();
-            for ((&s, &t), &l) in score[r.clone()]
-                .iter()
-                .zip(&lesion[r.clone()])
-                .zip(&lung[r])
-            {
-                match (s > cut, t > 0.5) {
-                    (true, true) => c.tp += 1,
-                    (true, false) => c.fp += 1,
-                    (false, true) => c.fn_ += 1,
-                    (false, false) => c.tn += 1,
-                }
-                c.lung += u64::from(l > 0.5);
-            }
-            c
+    kernels
+        .slice_counts(score, lesion, lung, shape, threshold)
+        .into_iter()
+        .map(|[tp, fp, fn_, tn, lung]| SliceCounts {
+            tp: tp.into(),
+            fp: fp.into(),
+            fn_: fn_.into(),
+            tn: tn.into(),
+            lung: lung.into(),
         })
         .collect()
 }
@@ -287,9 +270,11 @@ pub fn slice_counts(
 /// Mean and (population) standard deviation, as the evaluation reports them.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MeanStd {
-    /// The mean (NaN when there are no values).
+    /// The mean (NaN when there are no values; JSON `null`).
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean: f64,
     /// The standard deviation.
+    #[serde(deserialize_with = "nan_if_null")]
     pub std: f64,
     /// How many values.
     pub n: usize,
@@ -315,6 +300,11 @@ impl MeanStd {
             n,
         }
     }
+}
+
+/// JSON has no NaN (serde_json writes `null`): read `null` back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 #[cfg(test)]
@@ -401,10 +391,12 @@ mod separation_tests {
 mod slice_tests {
     use super::{MeanStd, SliceCounts, slice_counts};
 
+    const CPU: covflow_kernels::Kernels = covflow_kernels::Kernels::Cpu;
+
     fn counts(pred: &[u8], truth: &[u8]) -> SliceCounts {
         let score: Vec<f32> = pred.iter().map(|&p| f32::from(p)).collect();
         let t: Vec<f32> = truth.iter().map(|&p| f32::from(p)).collect();
-        slice_counts(&score, &t, &vec![1.0; t.len()], [1, 1, t.len()], 0.5)[0]
+        slice_counts(&CPU, &score, &t, &vec![1.0; t.len()], [1, 1, t.len()], 0.5)[0]
     }
 
     #[test]
@@ -454,7 +446,7 @@ mod slice_tests {
         // Two slices whose scores are a factor 10 apart predict the same pixels.
         let score = [0.9, 0.3, 0.09, 0.03];
         let lesion = [1.0, 0.0, 1.0, 0.0];
-        let c = slice_counts(&score, &lesion, &[1.0; 4], [2, 1, 2], 0.2);
+        let c = slice_counts(&CPU, &score, &lesion, &[1.0; 4], [2, 1, 2], 0.2);
         assert_eq!(c[0], c[1]);
         assert_eq!((c[0].tp, c[0].fp), (1, 1));
         let total = SliceCounts::sum(&c);
@@ -491,5 +483,9 @@ mod slice_tests {
         assert_eq!((m.mean, m.n), (2.5, 4));
         assert!((m.std - 1.25f64.sqrt()).abs() < 1e-12);
         assert!(MeanStd::of([]).mean.is_nan());
+        let json = serde_json::to_string(&MeanStd::of([])).unwrap();
+        assert_eq!(json, r#"{"mean":null,"std":null,"n":0}"#);
+        let back: MeanStd = serde_json::from_str(&json).unwrap();
+        assert!(back.mean.is_nan() && back.std.is_nan());
     }
 }

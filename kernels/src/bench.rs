@@ -379,6 +379,37 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
         percent_of_copy: 100.0 * gbs / copy_gbs,
     });
 
+    // The evaluation's per-slice counts over one reference crop (32 × 128 × 128).
+    let score: Vec<f32> = scan.iter().map(|v| v.abs()).collect();
+    let lesion: Vec<f32> = twin.iter().map(|v| f32::from(*v > 0.5)).collect();
+    let (sc, le, lu) = (up(&score), up(&lesion), up(&lung));
+    let mut out = None;
+    let ms = median_ms(client, reps, || {
+        out = Some(crate::launch_slice_counts(
+            client,
+            sc.clone(),
+            le.clone(),
+            lu.clone(),
+            dims,
+            0.2,
+        ));
+    });
+    let got = u32::from_bytes(&client.read_one_unchecked(out.expect("launched"))).to_vec();
+    let want: Vec<u32> = crate::slice_counts_reference(&score, &lesion, &lung, dims, 0.2)
+        .into_iter()
+        .flatten()
+        .collect();
+    // The score read twice (maximum, then counts), the masks once.
+    let gbs = (4 * n_v * 4) as f64 / (ms * 1e-3) / 1e9;
+    reports.push(KernelReport {
+        kernel: "slice counts (max + confusion)".into(),
+        size: "32x128x128".into(),
+        max_error: want.iter().zip(&got).filter(|(a, b)| a != b).count() as f32,
+        ms,
+        gb_per_s: gbs,
+        percent_of_copy: 100.0 * gbs / copy_gbs,
+    });
+
     // The segmenter's pixel losses on the reference batch (8 slices of 128²): forward (partial
     // sums; the error is the relative error of the two means) and backward.
     let n_l = 8 * 128 * 128;

@@ -65,6 +65,7 @@ pub mod perlin;
 mod pool3d;
 mod pseudo_mask;
 mod resample;
+mod slice_counts;
 mod upsample;
 
 pub use bench::{KernelReport, bench_kernels, copy_kernel};
@@ -92,6 +93,9 @@ pub use pseudo_mask::{
     launch_pseudo_mask, pseudo_mask, pseudo_mask_kernel, pseudo_mask_reference, slice_ranges_kernel,
 };
 pub use resample::{Shape3, resample_window, resample_window_kernel, resample_window_reference};
+pub use slice_counts::{
+    COUNTS, launch_slice_counts, slice_counts, slice_counts_kernel, slice_counts_reference,
+};
 pub use upsample::{
     launch_upsample2x, launch_upsample2x_backward, upsample2x_backward_kernel,
     upsample2x_backward_reference, upsample2x_kernel, upsample2x_reference,

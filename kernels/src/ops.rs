@@ -7,7 +7,7 @@ use cubecl::prelude::ComputeClient;
 use crate::{
     Connectivity, Device, Morph, Shape3, blur_axis, blur_axis_reference, label_components,
     label_components_reference, morph, morph_reference, pseudo_mask, pseudo_mask_reference,
-    resample_window, resample_window_reference,
+    resample_window, resample_window_reference, slice_counts, slice_counts_reference,
 };
 
 /// The kernels of one device.
@@ -108,5 +108,21 @@ impl Kernels {
         dispatch!(self, pseudo_mask_reference(scan, twin, lung, shape), |c| {
             pseudo_mask(c, scan, twin, lung, shape)
         })
+    }
+
+    /// [`crate::slice_counts`]: `[tp, fp, fn, tn, lung]` per slice.
+    pub fn slice_counts(
+        &self,
+        score: &[f32],
+        lesion: &[f32],
+        lung: &[f32],
+        shape: Shape3,
+        threshold: f32,
+    ) -> Vec<[u32; 5]> {
+        dispatch!(
+            self,
+            slice_counts_reference(score, lesion, lung, shape, threshold),
+            |c| slice_counts(c, score, lesion, lung, shape, threshold)
+        )
     }
 }

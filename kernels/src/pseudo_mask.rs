@@ -61,7 +61,7 @@ pub fn pseudo_mask_reference(
 /// Tree sum (or min, max) of a cube's values in shared memory; the result lands in slot 0.
 /// `op`: 0 sum, 1 min, 2 max.
 #[cube]
-fn tree(shared: &mut SharedMemory<f32>, #[comptime] op: u32) {
+pub(crate) fn tree(shared: &mut SharedMemory<f32>, #[comptime] op: u32) {
     let unit = UNIT_POS as usize;
     // The cube's size (THREADS at launch), read at run time so the loop variable is mutable.
     let mut stride = (CUBE_DIM / 2) as usize;

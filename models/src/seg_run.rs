@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
-use burn::tensor::activation::sigmoid;
 use burn::tensor::{Tensor, TensorData};
 use covflow_kernels::Device;
 
@@ -102,8 +101,9 @@ pub fn train_segmenter(
     Ok(outcome)
 }
 
-/// Lesion probabilities of `volumes` (`[D, H, W]` each, slices `H × W` in [0, 1]) by the
-/// TransUNet of `config` saved at `weights`, `batch` slices at a time so memory stays bounded.
+/// The TransUNet's output (logits) over `volumes` (`[D, H, W]` each, slices `H × W` in [0, 1]),
+/// by the network of `config` saved at `weights`, `batch` slices at a time so memory stays
+/// bounded. Its sigmoid is the lesion probability.
 pub fn predict_volumes(
     device: Device,
     config: &TransUNetConfig,
@@ -119,7 +119,7 @@ pub fn predict_volumes(
             want: config.img_dim,
         });
     }
-    let probabilities = on_autodiff_backend!(device, B => {
+    let logits = on_autodiff_backend!(device, B => {
         use burn::tensor::backend::AutodiffBackend;
         type I = <B as AutodiffBackend>::InnerBackend;
         let dev = Default::default();
@@ -131,7 +131,7 @@ pub fn predict_volumes(
             for chunk in v.chunks(batch.max(1) * h * w) {
                 let n = chunk.len() / (h * w);
                 let x = Tensor::<I, 4>::from_data(TensorData::new(chunk.to_vec(), [n, 1, h, w]), &dev);
-                let y: Vec<f32> = sigmoid(net.forward(x).logits)
+                let y: Vec<f32> = net.forward(x).logits
                     .into_data()
                     .to_vec()
                     .expect("f32 output");
@@ -141,5 +141,5 @@ pub fn predict_volumes(
         }
         out
     })?;
-    Ok(probabilities)
+    Ok(logits)
 }

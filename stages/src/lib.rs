@@ -6,11 +6,13 @@
 
 pub mod crop;
 pub mod datasets;
+pub mod evaluate;
 pub mod gan_train;
 pub mod lung_mask;
 pub mod masks;
 pub mod naive_mask;
 pub mod phantom;
+pub mod plot;
 pub mod predict;
 pub mod pseudo_mask;
 pub mod resample;
@@ -33,6 +35,8 @@ pub fn register(registry: &mut Registry) {
     registry.add_stage(naive_mask::NaiveMaskStage);
     registry.add_stage(transunet_train::TransUNetTrainStage);
     registry.add_stage(predict::PredictStage);
+    registry.add_stage(evaluate::EvaluateStage);
+    registry.add_stage(plot::PlotStage);
 }
 
 /// The kernels' name for a run's device.

@@ -154,7 +154,7 @@ pub struct SliceTable {
 }
 
 /// Linear-interpolated quantile of sorted values (numpy's default).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -225,6 +225,44 @@ impl SliceTable {
         }
         write(&out.join("slices.csv"), csv.as_bytes())?;
         write(&out.join("slices.json"), &serde_json::to_vec_pretty(self)?)
+    }
+}
+
+/// What a stage that scores voxels for lesions (`predict`, `pseudo_mask`, `naive_mask`) writes
+/// as [`SCORES`]: which file holds the score and which items fitted it, so that `evaluate` reads
+/// any of them the same way and refuses to judge a method on what it learned from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSet {
+    /// The method in tables and figures (`TransUNet`, `pseudo-mask`, …).
+    pub method: String,
+    /// The score's file in each `items/ID/` folder.
+    pub file: String,
+    /// The items scored.
+    pub items: Vec<String>,
+    /// Items whose data fitted a model behind these scores (training or validation), through
+    /// every upstream stage: judging on them would measure memory, not generalisation.
+    pub fitted_on: Vec<String>,
+}
+
+/// The file name of a [`ScoreSet`].
+pub const SCORES: &str = "scores.json";
+
+impl ScoreSet {
+    /// Reads the score set of an upstream stage's artifact in `dir`.
+    pub fn read(dir: &Path) -> Result<Self, StageError> {
+        let path = dir.join(SCORES);
+        let text = std::fs::read(&path).map_err(|e| {
+            format!(
+                "{}: {e}\n  help: scores come from a predict, pseudo_mask or naive_mask stage",
+                path.display()
+            )
+        })?;
+        Ok(serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))?)
+    }
+
+    /// Writes it into `out`.
+    pub fn write(&self, out: &Path) -> Result<(), StageError> {
+        write(&out.join(SCORES), &serde_json::to_vec_pretty(self)?)
     }
 }
 

@@ -11,7 +11,7 @@
 use covflow_engine::{ParamError, Stage, StageDecl, StageError, TaskContext};
 
 use crate::masks::{
-    Quality, SliceTable, infected_categories, item_dir, read_crops_of, write_scores,
+    Quality, ScoreSet, SliceTable, infected_categories, item_dir, read_crops_of, write_scores,
 };
 use crate::{check_range, one_input};
 
@@ -47,15 +47,16 @@ impl Stage for NaiveMaskStage {
     }
 
     fn version(&self) -> u32 {
-        2
+        // 3: writes scores.json.
+        3
     }
 
     fn about(&self) -> &'static str {
         "The baseline: per item under items/ID/, difference.nii.gz (the CT inside the lung, its \
          score, 0 outside) and mask.nii.gz (lung voxels above `threshold_hu`); slices.csv/json \
          (lesion voxels per slice and the quartile split, like pseudo_mask); quality.json (ROC \
-         AUC and best-threshold Dice of the score against lesion masks, pooled over `holdout`). \
-         Reads one crop-like stage."
+         AUC and best-threshold Dice of the score against lesion masks, pooled over `holdout`); \
+         scores.json (evaluate judges mask.nii.gz). Reads one crop-like stage."
     }
 
     fn check(&self, p: &NaiveMaskParams, decl: &StageDecl) -> Result<(), ParamError> {
@@ -93,6 +94,14 @@ impl Stage for NaiveMaskStage {
             .map(|(c, m)| (c.id.clone(), m.as_slice(), c.shape))
             .collect();
         SliceTable::new(&scored).write(ctx.out_dir)?;
+        // The binary mask, so evaluate's `threshold · slice max` cut keeps exactly it.
+        ScoreSet {
+            method: "naive threshold".into(),
+            file: "mask.nii.gz".into(),
+            items: crops.iter().map(|c| c.id.clone()).collect(),
+            fitted_on: Vec::new(),
+        }
+        .write(ctx.out_dir)?;
         let quality = Quality::judge(&crops, &scores, &p.holdout);
         quality.write(ctx.out_dir)?;
         ctx.log.line(format!(

@@ -13,8 +13,13 @@ use covflow_models::predict_volumes;
 use serde::{Deserialize, Serialize};
 
 use crate::kernel_device;
-use crate::masks::{Quality, item_dir, read_crops_of, read_upstream, write, write_scores};
-use crate::transunet_train::{BEST, INFO, LAST, SegInfo};
+use crate::masks::{
+    Quality, ScoreSet, item_dir, read_crops_of, read_upstream, write, write_scores,
+};
+use crate::transunet_train::{BEST, INFO, LAST, SegInfo, Target};
+
+/// The network's output per item: what evaluate judges.
+const LOGITS: &str = "logits.nii.gz";
 
 /// The `predict` stage kind.
 pub struct PredictStage;
@@ -91,15 +96,19 @@ impl Stage for PredictStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: writes scores.json and logits.nii.gz.
+        2
     }
 
     fn about(&self) -> &'static str {
         "Runs a transunet_train stage's network (`weights`: best or last) over each selected \
-         crop slice by slice, `batch` slices at a time, and writes items/ID/probability.nii.gz \
-         (sigmoid of the logits, on the crop's grid and affine), predict.json, and quality.json (ROC \
+         crop slice by slice, `batch` slices at a time, and writes items/ID/logits.nii.gz (the \
+         network's output, which evaluate thresholds at a share of each slice's maximum as the \
+         original did) and items/ID/probability.nii.gz (its sigmoid), both on the crop's grid and \
+         affine; predict.json; quality.json (ROC \
          AUC and best-threshold Dice against lesion masks where the crops have them, pooled over \
-         the training's held-out items, as pseudo_mask judges). `items`: \
+         the training's held-out items, as pseudo_mask judges), and scores.json (for evaluate: \
+         the items that fitted the network or its targets). `items`: \
          holdout (the training's held-out items, the default), all, or a list. Needs the \
          transunet_train stage first, then the crops."
     }
@@ -152,7 +161,7 @@ impl Stage for PredictStage {
             Weights::Best => BEST,
             Weights::Last => LAST,
         });
-        let probabilities = predict_volumes(
+        let logits = predict_volumes(
             kernel_device(ctx.device),
             &info.recipe.config,
             &weights,
@@ -160,9 +169,13 @@ impl Stage for PredictStage {
             info.shape,
             p.batch,
         )?;
-        for (crop, prob) in crops.iter().zip(&probabilities) {
+        let mut probabilities = Vec::with_capacity(logits.len());
+        for (crop, logits) in crops.iter().zip(logits) {
             let dir = item_dir(ctx.out_dir, &crop.id)?;
-            write_scores(crop, prob.clone(), &dir.join("probability.nii.gz"))?;
+            let probability: Vec<f32> = logits.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+            write_scores(crop, logits, &dir.join(LOGITS))?;
+            write_scores(crop, probability.clone(), &dir.join("probability.nii.gz"))?;
+            probabilities.push(probability);
         }
         // Judged the way pseudo_mask and naive_mask judge theirs, so the three compare.
         let quality = Quality::judge(&crops, &probabilities, &info.holdout);
@@ -177,6 +190,17 @@ impl Stage for PredictStage {
                 "warning: {trained:?} trained the network; their predictions do not measure generalisation"
             ));
         }
+        ScoreSet {
+            method: match info.target {
+                Target::PseudoMask => "TransUNet",
+                Target::Lesion => "TransUNet, supervised",
+            }
+            .into(),
+            file: LOGITS.into(),
+            items: crops.iter().map(|c| c.id.clone()).collect(),
+            fitted_on: info.fitted_on.clone(),
+        }
+        .write(ctx.out_dir)?;
         let record = PredictInfo {
             weights: p.weights,
             items: crops.iter().map(|c| c.id.as_str()).collect(),

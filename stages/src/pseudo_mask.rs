@@ -12,7 +12,8 @@ use covflow_models::heal_volumes;
 
 use crate::gan_train::{GanInfo, INFO, WEIGHTS};
 use crate::masks::{
-    Quality, SliceTable, infected_categories, item_dir, read_crops_of, read_upstream, write_scores,
+    Quality, ScoreSet, SliceTable, infected_categories, item_dir, read_crops_of, read_upstream,
+    write_scores,
 };
 use crate::{kernel_device, kernels_for};
 
@@ -43,7 +44,8 @@ impl Stage for PseudoMaskStage {
     }
 
     fn version(&self) -> u32 {
-        2
+        // 3: writes scores.json.
+        3
     }
 
     fn about(&self) -> &'static str {
@@ -52,7 +54,8 @@ impl Stage for PseudoMaskStage {
          (min-max normalised scan minus twin, inside the lung; on the crop's grid and affine); \
          slices.csv/json (each slice's summed difference, Q1, Q3, and the split: high above Q3, \
          low from Q1 to Q3); quality.json (ROC AUC and best-threshold Dice against lesion masks \
-         where the crops have them, pooled over the GAN's held-out items). Needs the gan_train \
+         where the crops have them, pooled over the GAN's held-out items); scores.json (the \
+         score file and the items the GAN trained on, for evaluate). Needs the gan_train \
          stage first, then the crops."
     }
 
@@ -105,6 +108,15 @@ impl Stage for PseudoMaskStage {
         }
         let table = SliceTable::from_sums(sums);
         table.write(ctx.out_dir)?;
+        let mut fitted_on = [info.healthy.clone(), info.infected.clone()].concat();
+        fitted_on.sort();
+        ScoreSet {
+            method: "pseudo-mask".into(),
+            file: "difference.nii.gz".into(),
+            items: crops.iter().map(|c| c.id.clone()).collect(),
+            fitted_on,
+        }
+        .write(ctx.out_dir)?;
         let quality = Quality::judge(&crops, &diffs, &info.holdout);
         quality.write(ctx.out_dir)?;
         ctx.log.line(format!(

@@ -19,7 +19,9 @@ use covflow_models::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::masks::{Crop, SliceClass, SliceTable, read_crops_of, to_zyx, unknown_items, write};
+use crate::masks::{
+    Crop, ScoreSet, SliceClass, SliceTable, read_crops_of, to_zyx, unknown_items, write,
+};
 use crate::{check_range, kernel_device};
 
 /// The `transunet_train` stage kind.
@@ -165,6 +167,9 @@ pub struct SegInfo {
     pub train_slices: [usize; 2],
     /// The epoch whose weights are `best.safetensors`.
     pub best_epoch: usize,
+    /// Items whose data fitted this network or the models behind its targets and slice split
+    /// (training, validation, and the GAN's training items): what no evaluation may use.
+    pub fitted_on: Vec<String>,
 }
 
 impl TransUNetTrainParams {
@@ -223,7 +228,8 @@ impl Stage for TransUNetTrainStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: transunet.json records `fitted_on`.
+        2
     }
 
     fn about(&self) -> &'static str {
@@ -356,6 +362,7 @@ impl Stage for TransUNetTrainStage {
             holdout: p.holdout.clone(),
             train_slices: [0, 0],
             best_epoch: 0,
+            fitted_on: Vec::new(),
         };
         let mut data = SegData {
             size: h,
@@ -390,6 +397,13 @@ impl Stage for TransUNetTrainStage {
                 data.train.extend(slices);
             }
         }
+        let fitted: BTreeSet<String> = ScoreSet::read(&pseudo.dir)?
+            .fitted_on
+            .into_iter()
+            .chain(info.train.iter().cloned())
+            .chain(validation.iter().cloned())
+            .collect();
+        info.fitted_on = fitted.into_iter().collect();
         let highs = data.train.iter().filter(|s| s.high).count();
         info.train_slices = [highs, data.train.len() - highs];
         if highs == 0 || highs == data.train.len() || data.validation.is_empty() {
