@@ -313,34 +313,6 @@ stages:
     }
 }
 
-/// The README's demo runs end to end and a second run is fully cached.
-#[test]
-fn demo_pipeline_runs_and_then_is_cached() {
-    let s = Scratch::new();
-    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.yaml");
-    std::fs::copy(&demo, s.path().join("demo.yaml")).unwrap();
-    // Four studies (three infected: study_0001 held out, study_0004 validating, study_0003
-    // training, which has "high" slices), a GAN of two iterations, a TransUNet of three epochs.
-    let set = [
-        "--set",
-        "params.count=4",
-        "--set",
-        "params.holdout=[study_0001]",
-        "--set",
-        "params.gan_iterations=2",
-        "--set",
-        "params.seg_contrastive_epochs=1",
-        "--set",
-        "params.seg_joint_epochs=2",
-    ];
-    let first = s.json(&[&["run", "demo.yaml"][..], &set].concat());
-    assert_eq!(first["failed"], 0, "{first}");
-    assert!(first["executed"].as_u64().unwrap() >= 14, "{first}");
-    let again = s.json(&[&["run", "demo.yaml"][..], &set].concat());
-    assert_eq!(again["executed"], 0, "{again}");
-    assert_eq!(again["cached"], first["executed"], "{again}");
-}
-
 /// `pipelines/mosmed.yaml` on a MosMed-layout tree (phantoms written by `covflow phantom`): the
 /// resample stage reads the studies, their expert masks and lung masks straight from the dataset.
 #[test]

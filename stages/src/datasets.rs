@@ -69,7 +69,7 @@ impl DatasetSource for MosmedSource {
         let studies = root.join("studies");
         if !studies.is_dir() {
             return Err(format!(
-                "{}: no studies/ folder (expected studies/CT-0 … CT-4/study_NNNN.nii.gz)",
+                "{}: no studies/ folder (expected studies/CT-0 … CT-4/study_NNNN.nii.gz)\n  help: point `root` at your MosMedData copy (`--set params.root=DIR`); without the data, `covflow run pipelines/demo.yaml` runs the same chain on phantoms",
                 root.display()
             ));
         }
