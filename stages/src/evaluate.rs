@@ -51,7 +51,7 @@ pub struct EvaluateParams {
     pub items: EvalItems,
     /// A slice's prediction is `score > threshold · max(score over the slice)`.
     #[serde(default = "threshold")]
-    pub threshold: f32,
+    pub threshold: f64,
     /// Drop predictions outside the lung mask (the maximum is then the lung's): lesions lie in
     /// the lung, and the mask stages score only there already. `false` is the original's rule.
     #[serde(default = "within_lung")]
@@ -61,7 +61,7 @@ pub struct EvaluateParams {
     pub infection_bins: Vec<f64>,
 }
 
-fn threshold() -> f32 {
+fn threshold() -> f64 {
     0.2
 }
 fn within_lung() -> bool {
@@ -162,7 +162,7 @@ pub struct MethodSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// The cut, a share of each slice's maximum.
-    pub threshold: f32,
+    pub threshold: f64,
     /// Whether predictions were kept to the lung.
     pub within_lung: bool,
     /// The evaluation items.
@@ -282,7 +282,7 @@ impl Stage for EvaluateStage {
                     lesion,
                     &crop.lung,
                     crop.shape,
-                    p.threshold,
+                    p.threshold as f32,
                 );
                 let records: Vec<SliceRecord> = counts
                     .iter()
@@ -346,7 +346,7 @@ impl Stage for EvaluateStage {
 }
 
 /// Checks a share of the slice maximum.
-fn check_threshold(t: f32) -> Result<(), ParamError> {
+fn check_threshold(t: f64) -> Result<(), ParamError> {
     crate::check_range("threshold", t, 0.0..=1.0, "")
 }
 
@@ -505,4 +505,78 @@ fn write_tables(
     }
     write(&out.join("volumes.csv"), csv.as_bytes())?;
     write(&out.join("volumes.json"), &serde_json::to_vec(volumes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(
+        stage: &str,
+        category: &str,
+        infection: f64,
+        lesion: u64,
+        dice_tp: u64,
+    ) -> SliceRecord {
+        // 10 000 pixels, so 1 % is 100 lesion pixels.
+        let counts = SliceCounts {
+            tp: dice_tp,
+            fp: 0,
+            fn_: lesion - dice_tp,
+            tn: 10_000 - lesion,
+            lung: 5_000,
+        };
+        SliceRecord {
+            stage: stage.into(),
+            item: "study_0001".into(),
+            category: Some(category.into()),
+            slice: 0,
+            counts,
+            infection_percent: infection,
+            scored: counts.scored(),
+            dice: counts.dice(),
+            sensitivity: counts.sensitivity(),
+            specificity: counts.specificity(),
+        }
+    }
+
+    #[test]
+    fn summaries_average_scored_slices_only_by_bin_and_category() {
+        let input = Input {
+            stage: "naive".into(),
+            item: None,
+            attrs: Default::default(),
+            dir: Default::default(),
+        };
+        let set = ScoreSet {
+            method: "naive threshold".into(),
+            file: "mask.nii.gz".into(),
+            items: vec!["study_0001".into()],
+            fitted_on: vec![],
+        };
+        let slices = vec![
+            // Scored: half the lesion found (Dice 2/3), in 1–5 % and CT-1.
+            slice("naive", "CT-1", 4.0, 200, 100),
+            // Scored: all found (Dice 1), in 25–50 % and CT-2.
+            slice("naive", "CT-2", 30.0, 1_500, 1_500),
+            // Not scored (100 of 10 000 pixels is not more than 1 %): left out of every mean.
+            slice("naive", "CT-2", 2.0, 100, 0),
+            // Another method's slice.
+            slice("pseudo", "CT-1", 4.0, 200, 0),
+        ];
+        let m = summarise(&input, &set, &slices, &[], &infection_bins());
+        assert_eq!(m.slices.dice.n, 2);
+        assert!((m.slices.dice.mean - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
+        let bin = |label: &str| m.by_infection.iter().find(|g| g.label == label).unwrap();
+        assert_eq!(bin("1–5 %").dice.n, 1);
+        assert!((bin("1–5 %").sensitivity.mean - 0.5).abs() < 1e-12);
+        assert_eq!(bin("25–50 %").dice.n, 1);
+        assert_eq!(bin("5–10 %").dice.n, 0);
+        let labels: Vec<&str> = m.by_category.iter().map(|g| g.label.as_str()).collect();
+        assert_eq!(labels, ["CT-1", "CT-2"]);
+        assert_eq!(
+            m.by_category[1].dice.n, 1,
+            "the unscored CT-2 slice is left out"
+        );
+    }
 }

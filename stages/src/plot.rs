@@ -864,7 +864,7 @@ fn overlays(
                 .filter(|&k| counted(k))
                 .map(|k| slice[k])
                 .fold(f32::NEG_INFINITY, f32::max);
-            let cut = summary.threshold * max;
+            let cut = summary.threshold as f32 * max;
             predictions.push((
                 set.method.clone(),
                 (0..slice.len())
