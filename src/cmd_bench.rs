@@ -2,8 +2,15 @@
 
 use clap::Subcommand;
 use covflow_kernels::Device;
+use covflow_models::BenchOptimizer;
 
 use crate::Failure;
+
+#[derive(Copy, Clone, Debug, clap::ValueEnum)]
+pub enum Optim {
+    Fused,
+    Burn,
+}
 
 #[derive(Copy, Clone, Debug, clap::ValueEnum)]
 pub enum Conv {
@@ -43,6 +50,10 @@ pub enum BenchCommand {
         /// default kernel choice) or implicit-gemm (burn-cubecl's, without autotune).
         #[arg(long, value_enum, default_value_t = Conv::Im2col)]
         conv: Conv,
+        /// Adam: fused (one kernel per parameter tensor on GPU backends, what training uses) or
+        /// burn (burn's Adam, thirteen operations per tensor).
+        #[arg(long, value_enum, default_value_t = Optim::Fused)]
+        optimizer: Optim,
     },
     /// Train the 3D GAN for a few iterations (reconstruction, discriminator and adversarial
     /// steps) on random volumes: first iteration and median of the rest. Prints one JSON object.
@@ -127,13 +138,20 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
             steps,
             width_div,
             conv,
+            optimizer,
         } => {
             let imp = conv.into();
-            let report = covflow_models::bench::transunet(device, batch, steps, width_div, imp)?;
+            let optimizer = match optimizer {
+                Optim::Fused => BenchOptimizer::Fused,
+                Optim::Burn => BenchOptimizer::Burn,
+            };
+            let report =
+                covflow_models::bench::transunet(device, batch, steps, width_div, imp, optimizer)?;
             let mut json = serde_json::to_value(&report)?;
             json["device"] = device.name().into();
             json["width_div"] = width_div.into();
             json["conv"] = serde_json::to_value(imp)?;
+            json["optimizer"] = serde_json::to_value(optimizer)?;
             println!("{}", serde_json::to_string(&json)?);
         }
         BenchCommand::Gan {

@@ -549,3 +549,32 @@ pub fn metrics(c: MetricsCommand) -> Result<(), Failure> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_of_unix_times_across_leap_days_and_centuries() {
+        for (t, want) in [
+            (0, "1970-01-01 00:00 UTC"),
+            (951_782_400, "2000-02-29 00:00 UTC"),
+            (1_795_000_000, "2026-11-18 11:06 UTC"),
+            (4_107_542_400, "2100-03-01 00:00 UTC"),
+        ] {
+            assert_eq!(unix_date(t), want);
+        }
+    }
+
+    #[test]
+    fn html_is_escaped_and_the_default_page_sits_beside_the_pipeline() {
+        assert_eq!(
+            esc("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+        assert_eq!(
+            default_output(Path::new("pipelines/demo.yaml")),
+            Path::new("pipelines/demo.report.html")
+        );
+    }
+}

@@ -54,6 +54,7 @@ pub fn bench_on(device: Device, reps: usize) -> Result<Vec<KernelReport>, String
     }
 }
 
+mod adam;
 mod bench;
 mod blur;
 mod ccl;
@@ -68,6 +69,7 @@ mod resample;
 mod slice_counts;
 mod upsample;
 
+pub use adam::{AdamScalars, adam_kernel, adam_reference, launch_adam};
 pub use bench::{KernelReport, bench_kernels, copy_kernel};
 pub use blur::{blur_axis, blur_axis_kernel, blur_axis_reference, gaussian_weights};
 pub use ccl::{

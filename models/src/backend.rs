@@ -95,6 +95,43 @@ pub trait ModelBackend: Backend {
             .tensor()
     }
 
+    /// Whether [`ModelBackend::adam_step`] is this backend's own fused kernel. Where it is not,
+    /// [`crate::FusedAdam`] runs burn's `Adam`, so CPU training stays exactly burn's.
+    const ADAM_KERNEL: bool = false;
+
+    /// One Adam step of a parameter tensor: `(parameter, m, v)` after it; `moments` are `(m, v)`
+    /// before it, `None` at the first step. Provided through the host reference; cubecl backends
+    /// run one kernel.
+    fn adam_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moments: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        s: covflow_kernels::AdamScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = param.shape();
+        let flat = Shape::new([shape.num_elements()]);
+        let host = |x: FloatTensor<Self>| -> Vec<f32> {
+            Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(Self::float_reshape(
+                x,
+                flat.clone(),
+            )))
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 values")
+        };
+        let device = Self::float_device(&param);
+        let first = moments.is_none();
+        let (p, g) = (host(param), host(grad));
+        let (m, v) = match moments {
+            Some((m, v)) => (host(m), host(v)),
+            None => (Vec::new(), Vec::new()),
+        };
+        let (p, m, v) = covflow_kernels::adam_reference(&p, &g, &m, &v, s, first);
+        let back = |x: Vec<f32>| Self::float_from_data(TensorData::new(x, shape.clone()), &device);
+        (back(p), back(m), back(v))
+    }
+
     /// Whether [`ModelBackend::pixel_losses`] is this backend's own fused kernel. Where it is
     /// not, the segmenter composes the losses from tensor operations, differentiated by burn.
     const LOSS_KERNEL: bool = false;
@@ -230,6 +267,43 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
             covflow_kernels::launch_max_pool3d::<R>(&x.client, x.handle.clone(), s[0] * s[1], dims);
         let [d, h, w] = covflow_kernels::pooled_shape(dims);
         f32_like(&x, Shape::new([s[0], s[1], d, h, w]), out)
+    }
+
+    const ADAM_KERNEL: bool = true;
+
+    fn adam_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moments: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        s: covflow_kernels::AdamScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let p = burn_cubecl::kernel::into_contiguous(param);
+        let g = burn_cubecl::kernel::into_contiguous(grad);
+        let first = moments.is_none();
+        let (m, v) = match moments {
+            Some((m, v)) => (
+                burn_cubecl::kernel::into_contiguous(m).handle,
+                burn_cubecl::kernel::into_contiguous(v).handle,
+            ),
+            None => (g.handle.clone(), g.handle.clone()),
+        };
+        let n = p.shape().num_elements();
+        let (p2, m2, v2) = covflow_kernels::launch_adam::<R>(
+            &p.client,
+            p.handle.clone(),
+            g.handle.clone(),
+            m,
+            v,
+            n,
+            s,
+            first,
+        );
+        let shape = p.shape();
+        (
+            f32_like(&p, shape.clone(), p2),
+            f32_like(&p, shape.clone(), m2),
+            f32_like(&p, shape, v2),
+        )
     }
 
     const LOSS_KERNEL: bool = true;

@@ -4,7 +4,7 @@ use covflow_kernels::Device;
 
 use crate::DeviceNotBuilt;
 
-use crate::{ConvCheck, ConvImpl, TrainingBench, TransUNetConfig, bench_training};
+use crate::{BenchOptimizer, ConvCheck, ConvImpl, TrainingBench, TransUNetConfig, bench_training};
 use crate::{check_conv, transunet_conv_shapes};
 
 /// Trains the seed TransUNet for a few steps on `device` and reports first-step and steady-state
@@ -15,6 +15,7 @@ pub fn transunet(
     steps: usize,
     width_div: usize,
     conv: ConvImpl,
+    optimizer: BenchOptimizer,
 ) -> Result<TrainingBench, DeviceNotBuilt> {
     let config = TransUNetConfig::new()
         .with_out_channels(128 / width_div)
@@ -22,7 +23,7 @@ pub fn transunet(
         .with_conv(conv);
     let progress = |m: &str| eprintln!("[bench transunet {device} batch {batch}] {m}");
     on_autodiff_backend!(device, B => {
-        bench_training::<B>(&config, &Default::default(), batch, steps, progress)
+        bench_training::<B>(&config, &Default::default(), batch, steps, optimizer, progress)
     })
 }
 

@@ -13,6 +13,7 @@ mod conv3d;
 mod conv_check;
 mod dropout;
 mod export;
+mod fused_adam;
 mod gan;
 mod gan_run;
 mod gan_train;
@@ -31,6 +32,7 @@ pub use conv3d::{Conv3dLayer, Up2xLayer, conv3d_im2col, up2x_matmul};
 pub use device::DeviceNotBuilt;
 pub use dropout::{dropout, with_seeded_dropout};
 pub use export::{WeightsError, load_transunet_safetensors, save_transunet_safetensors};
+pub use fused_adam::FusedAdam;
 pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d, max_pool3d_plain};
 pub use gan_run::{GanError, GanOutcome, conv_for, heal_volumes, train_gan};
 pub use gan_train::{
@@ -41,7 +43,7 @@ pub use generator::{Generator, GeneratorConfig};
 pub use losses::{contrastive, mse, mse_and_sensitivity, sensitivity_bce};
 pub use seg_run::{SegError, SegOutcome, SegWeights, predict_volumes, train_segmenter};
 pub use seg_train::{Phase, Plateau, SegData, SegEpoch, SegRecipe, SegSlice, SegTrainer};
-pub use train::{LossConfig, SegmentationLearner, TrainingBench, bench_training};
+pub use train::{BenchOptimizer, LossConfig, SegmentationLearner, TrainingBench, bench_training};
 pub use transunet::{TransUNet, TransUNetConfig, TransUNetOutput, trainable_params};
 pub use upsample::{
     interpolation_matrix, upsample2x_backward_matrix, upsample2x_bilinear, upsample2x_matrix,

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -23,7 +23,7 @@ use crate::dropout::with_seeded_dropout;
 use crate::gan_train::SeededInit;
 use crate::train::{LossConfig, SegmentationLearner};
 use crate::transunet::{TransUNet, TransUNetConfig};
-use crate::{ModelBackend, mse, sensitivity_bce};
+use crate::{FusedAdam, ModelBackend, mse, sensitivity_bce};
 
 /// PyTorch's `ReduceLROnPlateau` in `min` mode with a relative threshold: after `patience`
 /// epochs without a validation loss below `best · (1 − threshold)`, the rate is multiplied by
@@ -182,7 +182,7 @@ where
     pub learner: SegmentationLearner<B>,
     /// The network of the epoch with the lowest validation loss, without autodiff.
     best_net: TransUNet<B::InnerBackend>,
-    optim: OptimizerAdaptor<Adam, SegmentationLearner<B>, B>,
+    optim: OptimizerAdaptor<FusedAdam, SegmentationLearner<B>, B>,
     state: SegState,
     recipe: SegRecipe,
     device: B::Device,
@@ -208,7 +208,7 @@ where
         Self {
             best_net: learner.net.valid(),
             learner,
-            optim: AdamConfig::new().init(),
+            optim: FusedAdam::init(),
             state: SegState {
                 step: 0,
                 lr: recipe.lr,
@@ -418,7 +418,7 @@ where
         self.state = r.state()?;
         self.learner = self.learner.clone().load_record(learner);
         self.best_net = self.best_net.clone().load_record(best);
-        self.optim = std::mem::replace(&mut self.optim, AdamConfig::new().init()).load_record(adam);
+        self.optim = std::mem::replace(&mut self.optim, FusedAdam::init()).load_record(adam);
         Ok(true)
     }
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, ElementConversion, Tensor};
 
@@ -140,6 +140,17 @@ fn wait<B: crate::ModelBackend>(device: &B::Device) {
     let _ = B::sync(device);
 }
 
+/// Which Adam a training bench steps with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchOptimizer {
+    /// [`crate::FusedAdam`]: one kernel per parameter tensor on cubecl backends (what training
+    /// uses).
+    Fused,
+    /// burn's `Adam`: thirteen tensor operations per parameter tensor.
+    Burn,
+}
+
 /// Trains `steps` Adam steps on random slices (fixed seed) and times them; every step ends with
 /// a device sync so that the time is the device's, not the launch queue's.
 pub fn bench_training<B: AutodiffBackend + crate::ModelBackend>(
@@ -147,6 +158,7 @@ pub fn bench_training<B: AutodiffBackend + crate::ModelBackend>(
     device: &B::Device,
     batch: usize,
     steps: usize,
+    optimizer: BenchOptimizer,
     mut progress: impl FnMut(&str),
 ) -> TrainingBench
 where
@@ -155,7 +167,8 @@ where
     B::seed(device, 7);
     let mut learner = SegmentationLearner::<B>::new(config, device);
     let params = crate::transunet::trainable_params(&learner.net);
-    let mut optim = AdamConfig::new().init();
+    let mut fused = crate::FusedAdam::init();
+    let mut burn = burn::optim::AdamConfig::new().init();
     let dim = config.img_dim;
     let slices = Tensor::<B, 4>::random(
         [batch, config.in_channels, dim, dim],
@@ -175,7 +188,10 @@ where
     let mut step = |learner: SegmentationLearner<B>| {
         let loss = learner.loss(slices.clone(), masks.clone(), &labels, &losses);
         let grads = GradientsParams::from_grads(loss.backward(), &learner);
-        let learner = optim.step(5e-5, learner, grads);
+        let learner = match optimizer {
+            BenchOptimizer::Fused => fused.step(5e-5, learner, grads),
+            BenchOptimizer::Burn => burn.step(5e-5, learner, grads),
+        };
         let value: f32 = loss.into_scalar().elem();
         wait::<B>(device);
         (learner, value)
