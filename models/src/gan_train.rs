@@ -17,7 +17,7 @@ use std::path::Path;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::checkpoint::CheckpointError;
 use crate::checkpoint::{CheckpointReader, CheckpointWriter};
-use crate::{Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, ModelBackend};
+use crate::{
+    Discriminator, DiscriminatorConfig, FusedAdam, Generator, GeneratorConfig, ModelBackend,
+};
 
 /// The Perlin-noise augmentation of step 1 (the original's values are the defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -115,13 +117,16 @@ pub struct GanLosses {
 }
 
 /// A training in progress: both models, both optimisers, the iteration reached and the history.
-pub struct GanTrainer<B: AutodiffBackend> {
+pub struct GanTrainer<B: AutodiffBackend>
+where
+    B::InnerBackend: ModelBackend,
+{
     /// The generator.
     pub generator: Generator<B>,
     /// The discriminator.
     pub discriminator: Discriminator<B>,
-    opt_g: OptimizerAdaptor<Adam, Generator<B>, B>,
-    opt_d: OptimizerAdaptor<Adam, Discriminator<B>, B>,
+    opt_g: OptimizerAdaptor<FusedAdam, Generator<B>, B>,
+    opt_d: OptimizerAdaptor<FusedAdam, Discriminator<B>, B>,
     /// Iterations done.
     pub iteration: usize,
     /// Losses of every iteration done.
@@ -159,8 +164,8 @@ where
         Self {
             generator,
             discriminator,
-            opt_g: AdamConfig::new().init(),
-            opt_d: AdamConfig::new().init(),
+            opt_g: FusedAdam::init(),
+            opt_d: FusedAdam::init(),
             iteration: 0,
             history: Vec::new(),
             recipe,
@@ -324,8 +329,8 @@ where
         let state: CheckpointState = r.state()?;
         self.generator = self.generator.clone().load_record(g);
         self.discriminator = self.discriminator.clone().load_record(d);
-        self.opt_g = std::mem::replace(&mut self.opt_g, AdamConfig::new().init()).load_record(og);
-        self.opt_d = std::mem::replace(&mut self.opt_d, AdamConfig::new().init()).load_record(od);
+        self.opt_g = std::mem::replace(&mut self.opt_g, FusedAdam::init()).load_record(og);
+        self.opt_d = std::mem::replace(&mut self.opt_d, FusedAdam::init()).load_record(od);
         self.iteration = state.iteration;
         self.history = state.history;
         Ok(true)

@@ -110,6 +110,21 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// The series legend of `chart` at `position`, on a translucent white box.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 14))
+        .draw()
+        .map_err(err)
+}
+
 /// A figure drawn the same way onto the PNG and the SVG backend.
 trait Figure {
     fn size(&self) -> (u32, u32);
@@ -248,13 +263,7 @@ impl Figure for Curves {
                     PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font((FONT, 14))
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
         if let Some(lr) = &self.lr {
             let (lo, hi) = log_bounds(lr.iter());
             let mut chart = ChartBuilder::on(&right)
@@ -377,14 +386,7 @@ impl Figure for VsInfection<'_> {
                     .map_err(err)?;
             }
             if k == 0 {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::LowerRight)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .label_font((FONT, 14))
-                    .draw()
-                    .map_err(err)?;
+                legend(&mut chart, SeriesLabelPosition::LowerRight)?;
             }
         }
         Ok(())
@@ -491,14 +493,7 @@ impl Figure for ByCategory<'_> {
                 }
             }
             if k == 0 {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperLeft)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .label_font((FONT, 14))
-                    .draw()
-                    .map_err(err)?;
+                legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
             }
         }
         Ok(())
@@ -649,7 +644,8 @@ impl Stage for PlotStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: one legend style in every figure.
+        2
     }
 
     fn about(&self) -> &'static str {
