@@ -318,7 +318,8 @@ stages:
 #[test]
 fn mosmed_pipeline_reads_the_layout_directly() {
     let s = Scratch::new();
-    let out = s.run(&["phantom", "--out", "mm", "--count", "3", "--seed", "6"]);
+    // CT-1, CT-0, CT-2, CT-1, CT-3: healthy and infected studies for the whole chain below.
+    let out = s.run(&["phantom", "--out", "mm", "--count", "5", "--seed", "6"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let pipeline = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/mosmed.yaml");
     std::fs::copy(&pipeline, s.path().join("mosmed.yaml")).unwrap();
@@ -328,10 +329,10 @@ fn mosmed_pipeline_reads_the_layout_directly() {
         "--set",
         "params.grid=[128, 128, 32]",
     ];
-    // The preprocessing only: the GAN after it is sized for a GPU.
+    // The preprocessing first.
     let run = s.json(&[&["run", "mosmed.yaml", "--until", "crops"][..], &set].concat());
     assert_eq!(run["failed"], 0, "{run}");
-    assert_eq!(run["executed"], 9, "{run}");
+    assert_eq!(run["executed"], 15, "{run}");
     let out = s.run(&[&["export", "mosmed.yaml", "lungs", "lungs"][..], &set].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     for id in ["study_0001", "study_0002", "study_0003"] {
@@ -346,6 +347,43 @@ fn mosmed_pipeline_reads_the_layout_directly() {
         );
         // The tree's masks/ (every phantom has one, empty for CT-0) travel with the study.
         assert!(dir.join("lesion.nii.gz").is_file(), "{id}");
+    }
+    // Then the whole chain to the report, with the GPU-sized trainings cut to a few steps.
+    let tiny = [
+        "--set",
+        "params.holdout=[study_0003]",
+        "--set",
+        "stages.crops.with.shape=[64, 64, 32]",
+        "--set",
+        "stages.gan.with.iterations=2",
+        "--set",
+        "stages.gan.with.width=0.25",
+        "--set",
+        "stages.gan.with.batch=2",
+        "--set",
+        "stages.seg.with.channels=16",
+        "--set",
+        "stages.seg.with.mlp_dim=64",
+        "--set",
+        "stages.seg.with.blocks=2",
+        "--set",
+        "stages.seg.with.contrastive_epochs=1",
+        "--set",
+        "stages.seg.with.joint_epochs=2",
+        "--set",
+        "stages.seg.with.validation_count=1",
+    ];
+    let run = s.json(&[&["run", "mosmed.yaml"][..], &set, &tiny].concat());
+    assert_eq!(run["failed"], 0, "{run}");
+    assert!(s.path().join("mosmed.report.html").is_file());
+    let out = s.run(&[&["metrics", "show", "mosmed.yaml"][..], &set, &tiny].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for method in ["prediction", "pseudo", "naive"] {
+        assert!(
+            table.contains(&format!("evaluation.{method}.dice")),
+            "{table}"
+        );
     }
 }
 
