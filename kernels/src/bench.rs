@@ -410,6 +410,44 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
         percent_of_copy: 100.0 * gbs / copy_gbs,
     });
 
+    // One Adam step of a 4 M-element parameter tensor (the TransUNet's largest are 1–9 M).
+    let n_a = 1 << 22;
+    let param: Vec<f32> = crate::random_hu(n_a, 13).iter().map(|v| v * 1e-3).collect();
+    let grad: Vec<f32> = crate::random_hu(n_a, 14).iter().map(|v| v * 1e-4).collect();
+    let m: Vec<f32> = crate::random_hu(n_a, 15).iter().map(|v| v * 1e-5).collect();
+    let v: Vec<f32> = crate::random_hu(n_a, 16)
+        .iter()
+        .map(|v| (v * 1e-6).abs())
+        .collect();
+    let s = crate::AdamScalars::new(5e-5, 0.9, 0.999, 1e-5, 7);
+    let (ph, gh, mh, vh) = (up(&param), up(&grad), up(&m), up(&v));
+    let mut out = None;
+    let ms = median_ms(client, reps, || {
+        out = Some(crate::launch_adam(
+            client,
+            ph.clone(),
+            gh.clone(),
+            mh.clone(),
+            vh.clone(),
+            n_a,
+            s,
+            false,
+        ));
+    });
+    let (p2, _, _) = out.expect("launched");
+    let got = f32::from_bytes(&client.read_one_unchecked(p2)).to_vec();
+    let (want, _, _) = crate::adam_reference(&param, &grad, &m, &v, s, false);
+    // Parameter, gradient and both moments read; parameter and moments written.
+    let gbs = (7 * n_a * 4) as f64 / (ms * 1e-3) / 1e9;
+    reports.push(KernelReport {
+        kernel: "Adam step".into(),
+        size: "4194304".into(),
+        max_error: crate::max_abs_diff(&want, &got),
+        ms,
+        gb_per_s: gbs,
+        percent_of_copy: 100.0 * gbs / copy_gbs,
+    });
+
     // The segmenter's pixel losses on the reference batch (8 slices of 128²): forward (partial
     // sums; the error is the relative error of the two means) and backward.
     let n_l = 8 * 128 * 128;
