@@ -302,19 +302,41 @@ fn metric(s: &SliceRecord, k: usize) -> f64 {
     [s.dice, s.sensitivity, s.specificity][k]
 }
 
-/// Dice, sensitivity and specificity of every scored slice against its infection %, with the
-/// binned means, one colour per method.
-struct VsInfection<'a> {
+/// The evaluation's slice metrics, three panels (Dice, sensitivity, specificity), one colour per
+/// method.
+struct SliceMetrics<'a> {
     summary: &'a Summary,
     slices: &'a [SliceRecord],
+    by: By,
 }
 
-impl Figure for VsInfection<'_> {
+/// What the slice-metric panels are drawn against.
+#[derive(Clone, Copy)]
+enum By {
+    /// Every scored slice against its infection %, with the binned means.
+    Infection,
+    /// Box plots by CT category.
+    Category,
+}
+
+impl Figure for SliceMetrics<'_> {
     fn size(&self) -> (u32, u32) {
         (1500, 480)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        match self.by {
+            By::Infection => self.against_infection(root),
+            By::Category => self.by_category(root),
+        }
+    }
+}
+
+impl SliceMetrics<'_> {
+    fn against_infection<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), String> {
         let x_max = self
             .slices
             .iter()
@@ -393,18 +415,8 @@ impl Figure for VsInfection<'_> {
     }
 }
 
-/// Box plots of the slice metrics by CT category, one box per method.
-struct ByCategory<'a> {
-    summary: &'a Summary,
-    slices: &'a [SliceRecord],
-}
-
-impl Figure for ByCategory<'_> {
-    fn size(&self) -> (u32, u32) {
-        (1500, 480)
-    }
-
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+impl SliceMetrics<'_> {
+    fn by_category<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let mut categories: Vec<String> = self
             .slices
             .iter()
@@ -725,9 +737,10 @@ impl Stage for PlotStage {
         save(
             ctx.out_dir,
             "metrics_vs_infection",
-            &VsInfection {
+            &SliceMetrics {
                 summary: &summary,
                 slices: &slices,
+                by: By::Infection,
             },
         )?;
         evaluated.extend(methods.iter().cloned());
@@ -743,9 +756,10 @@ impl Stage for PlotStage {
         save(
             ctx.out_dir,
             "metrics_by_category",
-            &ByCategory {
+            &SliceMetrics {
                 summary: &summary,
                 slices: &slices,
+                by: By::Category,
             },
         )?;
         record(
