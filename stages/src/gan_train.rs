@@ -112,7 +112,9 @@ impl Stage for GanTrainStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: Adam is one fused kernel per tensor on GPU backends (rounding differs there; the CPU
+        // path is unchanged).
+        2
     }
 
     fn about(&self) -> &'static str {
