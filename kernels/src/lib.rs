@@ -55,6 +55,7 @@ pub fn bench_on(device: Device, reps: usize) -> Result<Vec<KernelReport>, String
 }
 
 mod adam;
+pub mod batch_norm;
 mod bench;
 mod blur;
 mod ccl;
@@ -67,6 +68,7 @@ mod pool3d;
 mod pseudo_mask;
 mod resample;
 mod slice_counts;
+pub mod unfold;
 mod upsample;
 
 pub use adam::{AdamScalars, adam_kernel, adam_reference, launch_adam};

@@ -30,6 +30,7 @@ use burn_cubecl::kernel::conv::{
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement, tensor::CubeTensor};
 use covflow_kernels::perlin::{Fractal, Permutation};
 
+use crate::batch_norm::{BatchNormForward, BatchNormInputs, BatchNormSaved};
 use crate::gan::max_pool3d_plain;
 use crate::losses::{mse, sensitivity_bce};
 use crate::upsample::{upsample2x_backward_matrix, upsample2x_matrix};
@@ -171,6 +172,42 @@ pub trait ModelBackend: Backend {
         Self::float_reshape(out.into_primitive().tensor(), shape)
     }
 
+    /// Whether the batch normalisation operations below are this backend's own kernels. Where
+    /// they are not, [`crate::batch_norm_relu`] runs burn's `BatchNorm` and `relu`, so CPU
+    /// training stays exactly burn's.
+    const BATCH_NORM_KERNEL: bool = false;
+
+    /// Batch normalisation of `x: [N, C, …]` with the batch's statistics, then the ReLU where
+    /// `relu`: the output, the statistics and the running statistics after this batch.
+    /// Provided through the host reference; cubecl backends run two kernels.
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        p: BatchNormInputs<Self>,
+        relu: bool,
+    ) -> BatchNormForward<Self> {
+        crate::batch_norm::host_train::<Self>(x, p, relu)
+    }
+
+    /// `[dx, dγ, dβ]` of [`ModelBackend::batch_norm_train`] for its output's gradient `grad`.
+    /// Provided through the host reference; cubecl backends run two kernels.
+    fn batch_norm_backward(
+        saved: BatchNormSaved<Self>,
+        grad: FloatTensor<Self>,
+        relu: bool,
+    ) -> [FloatTensor<Self>; 3] {
+        crate::batch_norm::host_backward::<Self>(saved, grad, relu)
+    }
+
+    /// Batch normalisation with the running statistics (inference), then the ReLU where `relu`.
+    /// Provided through the host reference; cubecl backends run one kernel.
+    fn batch_norm_infer(
+        x: FloatTensor<Self>,
+        p: BatchNormInputs<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        crate::batch_norm::host_infer::<Self>(x, p, relu)
+    }
+
     /// 2-D convolution without bias, by implicit GEMM where the backend has it.
     fn conv2d_gemm(
         x: FloatTensor<Self>,
@@ -199,6 +236,15 @@ pub trait ModelBackend: Backend {
     ) -> FloatTensor<Self> {
         Self::conv2d_weight_backward(x, weight, grad, options)
     }
+}
+
+/// A float tensor's elements in order, on the host.
+pub(crate) fn host_values<B: Backend>(x: FloatTensor<B>) -> Vec<f32> {
+    flat::<B>(x)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 values")
 }
 
 /// A float tensor of any rank as its elements in order.
@@ -241,7 +287,7 @@ fn warn_gemm_unavailable(what: &str, err: impl std::fmt::Debug) {
 }
 
 /// A float32 tensor of `shape` over `handle`, on `like`'s device.
-fn f32_like<R: CubeRuntime>(
+pub(crate) fn f32_like<R: CubeRuntime>(
     like: &CubeTensor<R>,
     shape: Shape,
     handle: cubecl::server::Handle,
@@ -304,6 +350,32 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
             f32_like(&p, shape.clone(), m2),
             f32_like(&p, shape, v2),
         )
+    }
+
+    const BATCH_NORM_KERNEL: bool = true;
+
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        p: BatchNormInputs<Self>,
+        relu: bool,
+    ) -> BatchNormForward<Self> {
+        crate::batch_norm::cube_train(x, p, relu)
+    }
+
+    fn batch_norm_backward(
+        saved: BatchNormSaved<Self>,
+        grad: FloatTensor<Self>,
+        relu: bool,
+    ) -> [FloatTensor<Self>; 3] {
+        crate::batch_norm::cube_backward(saved, grad, relu)
+    }
+
+    fn batch_norm_infer(
+        x: FloatTensor<Self>,
+        p: BatchNormInputs<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        crate::batch_norm::cube_infer(x, p, relu)
     }
 
     const LOSS_KERNEL: bool = true;
@@ -468,6 +540,24 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
 /// One autodiff node per operation, whose backward calls the inner backend's.
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     const LOSS_KERNEL: bool = B::LOSS_KERNEL;
+
+    const BATCH_NORM_KERNEL: bool = B::BATCH_NORM_KERNEL;
+
+    fn batch_norm_train(
+        x: FloatTensor<Self>,
+        p: BatchNormInputs<Self>,
+        relu: bool,
+    ) -> BatchNormForward<Self> {
+        crate::batch_norm::autodiff_train(x, p, relu)
+    }
+
+    fn batch_norm_infer(
+        x: FloatTensor<Self>,
+        p: BatchNormInputs<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        crate::batch_norm::autodiff_infer(x, p, relu)
+    }
 
     fn pixel_losses(
         logits: FloatTensor<Self>,

@@ -7,6 +7,7 @@
 #[macro_use]
 mod device;
 mod backend;
+mod batch_norm;
 mod checkpoint;
 mod conv;
 mod conv3d;
@@ -26,6 +27,9 @@ mod transunet;
 mod upsample;
 
 pub use backend::{ModelBackend, conv2d_implicit_gemm};
+pub use batch_norm::{
+    BatchNormForward, BatchNormInputs, BatchNormSaved, batch_norm, batch_norm_relu,
+};
 pub use conv::{ConvImpl, ConvLayer, conv2d_im2col};
 pub use conv_check::{ConvCheck, ConvShape, check_conv, transunet_conv_shapes};
 pub use conv3d::{Conv3dLayer, Up2xLayer, conv3d_im2col, up2x_matmul};

@@ -16,6 +16,7 @@ use burn::tensor::activation::{gelu, relu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::backend::ModelBackend;
+use crate::batch_norm::{batch_norm, batch_norm_relu};
 use crate::conv::{ConvImpl, ConvLayer};
 use crate::dropout::dropout;
 use crate::upsample::upsample2x_bilinear;
@@ -92,12 +93,13 @@ impl<B: ModelBackend> EncoderBottleneck<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let shortcut = self
-            .downsample_norm
-            .forward(self.downsample_conv.forward(x.clone()));
-        let y = relu(self.norm1.forward(self.conv1.forward(x)));
-        let y = relu(self.norm2.forward(self.conv2.forward(y)));
-        let y = self.norm3.forward(self.conv3.forward(y));
+        let shortcut = batch_norm(
+            &self.downsample_norm,
+            self.downsample_conv.forward(x.clone()),
+        );
+        let y = batch_norm_relu(&self.norm1, self.conv1.forward(x));
+        let y = batch_norm_relu(&self.norm2, self.conv2.forward(y));
+        let y = batch_norm(&self.norm3, self.conv3.forward(y));
         relu(y + shortcut)
     }
 }
@@ -127,8 +129,8 @@ impl<B: ModelBackend> DecoderBottleneck<B> {
             Some(s) => Tensor::cat(vec![s, x], 1),
             None => x,
         };
-        let x = relu(self.norm1.forward(self.conv1.forward(x)));
-        relu(self.norm2.forward(self.conv2.forward(x)))
+        let x = batch_norm_relu(&self.norm1, self.conv1.forward(x));
+        batch_norm_relu(&self.norm2, self.conv2.forward(x))
     }
 }
 
@@ -306,7 +308,7 @@ impl TransUNetConfig {
 impl<B: ModelBackend> TransUNet<B> {
     /// Logits and bottleneck features of a batch `[B, in_channels, img_dim, img_dim]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> TransUNetOutput<B> {
-        let x1 = relu(self.norm1.forward(self.conv1.forward(x)));
+        let x1 = batch_norm_relu(&self.norm1, self.conv1.forward(x));
         let x2 = self.encoder1.forward(x1.clone());
         let x3 = self.encoder2.forward(x2.clone());
         let x4 = self.encoder3.forward(x3.clone());
@@ -316,7 +318,7 @@ impl<B: ModelBackend> TransUNet<B> {
         let map = tokens
             .swap_dims(1, 2)
             .reshape([b, c, self.vit_img_dim, self.vit_img_dim]);
-        let bottleneck = relu(self.norm2.forward(self.conv2.forward(map)));
+        let bottleneck = batch_norm_relu(&self.norm2, self.conv2.forward(map));
         let y = self.decoder1.forward(bottleneck.clone(), Some(x3));
         let y = self.decoder2.forward(y, Some(x2));
         let y = self.decoder3.forward(y, Some(x1));
