@@ -29,6 +29,7 @@ use burn_cubecl::kernel::conv::{
 };
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, IntElement, tensor::CubeTensor};
 use covflow_kernels::perlin::{Fractal, Permutation};
+use covflow_kernels::unfold::Unfold;
 
 use crate::batch_norm::{BatchNormForward, BatchNormInputs, BatchNormSaved};
 use crate::gan::max_pool3d_plain;
@@ -172,6 +173,23 @@ pub trait ModelBackend: Backend {
         Self::float_reshape(out.into_primitive().tensor(), shape)
     }
 
+    /// The columns `[N, C·k·k, Ho·Wo]` of `x: [N, C, H, W]` for a k × k convolution, rows
+    /// ordered `(c, dy, dx)` as the weight's `[O, C, k, k]` (see `covflow_kernels::unfold`).
+    /// Provided on the host (equal to the kernel's reference); cubecl backends run one kernel.
+    fn unfold2d(x: FloatTensor<Self>, u: Unfold) -> FloatTensor<Self> {
+        let device = Self::float_device(&x);
+        let columns = crate::unfold_cpu::unfold(&host_values::<Self>(x), u);
+        Self::float_from_data(TensorData::new(columns, u.columns_shape()), &device)
+    }
+
+    /// The adjoint of [`ModelBackend::unfold2d`]: the gradient for `x` given the columns'.
+    /// Provided on the host (equal to the kernel's reference); cubecl backends run one kernel.
+    fn fold2d(columns: FloatTensor<Self>, u: Unfold) -> FloatTensor<Self> {
+        let device = Self::float_device(&columns);
+        let x = crate::unfold_cpu::fold(&host_values::<Self>(columns), u);
+        Self::float_from_data(TensorData::new(x, u.input), &device)
+    }
+
     /// Whether the batch normalisation operations below are this backend's own kernels. Where
     /// they are not, [`crate::batch_norm_relu`] runs burn's `BatchNorm` and `relu`, so CPU
     /// training stays exactly burn's.
@@ -240,11 +258,10 @@ pub trait ModelBackend: Backend {
 
 /// A float tensor's elements in order, on the host.
 pub(crate) fn host_values<B: Backend>(x: FloatTensor<B>) -> Vec<f32> {
-    flat::<B>(x)
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 values")
+    let data = burn::tensor::try_read_sync(B::float_into_data(x))
+        .expect("a synchronous read")
+        .expect("the tensor's data");
+    data.convert::<f32>().into_vec().expect("f32 values")
 }
 
 /// A float tensor of any rank as its elements in order.
@@ -350,6 +367,18 @@ impl<R: CubeRuntime, I: IntElement, BT: BoolElement> ModelBackend for CubeBacken
             f32_like(&p, shape.clone(), m2),
             f32_like(&p, shape, v2),
         )
+    }
+
+    fn unfold2d(x: FloatTensor<Self>, u: Unfold) -> FloatTensor<Self> {
+        let x = burn_cubecl::kernel::into_contiguous(x);
+        let columns = covflow_kernels::unfold::launch_unfold::<R>(&x.client, x.handle.clone(), u);
+        f32_like(&x, Shape::new(u.columns_shape()), columns)
+    }
+
+    fn fold2d(columns: FloatTensor<Self>, u: Unfold) -> FloatTensor<Self> {
+        let c = burn_cubecl::kernel::into_contiguous(columns);
+        let x = covflow_kernels::unfold::launch_fold::<R>(&c.client, c.handle.clone(), u);
+        f32_like(&c, Shape::new(u.input), x)
     }
 
     const BATCH_NORM_KERNEL: bool = true;
@@ -542,6 +571,32 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     const LOSS_KERNEL: bool = B::LOSS_KERNEL;
 
     const BATCH_NORM_KERNEL: bool = B::BATCH_NORM_KERNEL;
+
+    fn unfold2d(x: FloatTensor<Self>, u: Unfold) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Unfold2d;
+
+        impl<B: ModelBackend> Backward<B, 1> for Unfold2d {
+            type State = Unfold;
+
+            fn backward(self, ops: Ops<Unfold, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [parent] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                if let Some(node) = parent {
+                    grads.register::<B>(node.id, B::fold2d(grad, ops.state));
+                }
+            }
+        }
+
+        match Unfold2d
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(u, B::unfold2d(x.primitive, u)),
+            OpsKind::UnTracked(prep) => prep.finish(B::unfold2d(x.primitive, u)),
+        }
+    }
 
     fn batch_norm_train(
         x: FloatTensor<Self>,

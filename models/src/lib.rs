@@ -24,6 +24,7 @@ mod seg_run;
 mod seg_train;
 mod train;
 mod transunet;
+mod unfold_cpu;
 mod upsample;
 
 pub use backend::{ModelBackend, conv2d_implicit_gemm};

@@ -97,7 +97,8 @@ impl Stage for PredictStage {
 
     fn version(&self) -> u32 {
         // 2: writes scores.json and logits.nii.gz.
-        2
+        // 3: the network's convolutions and BatchNorm as transunet_train version 3 computes them.
+        3
     }
 
     fn about(&self) -> &'static str {

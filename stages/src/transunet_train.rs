@@ -229,7 +229,9 @@ impl Stage for TransUNetTrainStage {
 
     fn version(&self) -> u32 {
         // 2: transunet.json records `fitted_on`.
-        2
+        // 3: convolutions by our unfold (columns ordered as the weight) and, on cubecl backends,
+        //    the fused BatchNorm + ReLU: the same network, summed in a different order.
+        3
     }
 
     fn about(&self) -> &'static str {
