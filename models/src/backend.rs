@@ -22,7 +22,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::ops::{ConvOptions, FloatTensor, FloatTensorOps, ModuleOps};
 use burn::tensor::{Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive, backend::Backend};
 use burn_cubecl::kernel::conv::{
     ConvStrategy, conv_data_backward, conv_forward, conv_weight_backward,
@@ -178,7 +178,7 @@ pub trait ModelBackend: Backend {
     /// Provided on the host (equal to the kernel's reference); cubecl backends run one kernel.
     fn unfold2d(x: FloatTensor<Self>, u: Unfold) -> FloatTensor<Self> {
         let device = Self::float_device(&x);
-        let columns = crate::unfold_cpu::unfold(&host_values::<Self>(x), u);
+        let columns = crate::host_conv::unfold(&host_values::<Self>(x), u);
         Self::float_from_data(TensorData::new(columns, u.columns_shape()), &device)
     }
 
@@ -186,7 +186,7 @@ pub trait ModelBackend: Backend {
     /// Provided on the host (equal to the kernel's reference); cubecl backends run one kernel.
     fn fold2d(columns: FloatTensor<Self>, u: Unfold) -> FloatTensor<Self> {
         let device = Self::float_device(&columns);
-        let x = crate::unfold_cpu::fold(&host_values::<Self>(columns), u);
+        let x = crate::host_conv::fold(&host_values::<Self>(columns), u);
         Self::float_from_data(TensorData::new(x, u.input), &device)
     }
 
@@ -226,7 +226,13 @@ pub trait ModelBackend: Backend {
         crate::batch_norm::host_infer::<Self>(x, p, relu)
     }
 
-    /// 2-D convolution without bias, by implicit GEMM where the backend has it.
+    /// Whether [`ModelBackend::conv2d_gemm`] is the host's im2col + GEMM, which
+    /// [`crate::conv2d_im2col`] then runs for the whole convolution: burn-ndarray's `matmul`
+    /// copies both operands and its output at every call.
+    const HOST_CONV: bool = false;
+
+    /// 2-D convolution without bias as a GEMM: burn-cubecl's implicit GEMM on cubecl backends,
+    /// im2col + GEMM on the host for NdArray, burn's `conv2d` elsewhere.
     fn conv2d_gemm(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -289,7 +295,97 @@ fn composed_pixel_losses<B: Backend>(
     .tensor()
 }
 
-impl ModelBackend for NdArray {}
+/// The geometry of a convolution [`crate::host_conv`] computes (square kernel, equal strides and
+/// paddings, no dilation or groups), or `None`.
+fn host_geometry(x: &Shape, weight: &Shape, options: &ConvOptions<2>) -> Option<Unfold> {
+    let square = weight[2] == weight[3]
+        && options.stride[0] == options.stride[1]
+        && options.padding[0] == options.padding[1]
+        && options.dilation == [1, 1]
+        && options.groups == 1;
+    square.then(|| Unfold {
+        input: [x[0], x[1], x[2], x[3]],
+        kernel: weight[2],
+        stride: options.stride[0],
+        padding: options.padding[0],
+    })
+}
+
+/// An NdArray float tensor's values in order, borrowed where its layout is standard:
+/// burn-ndarray's `into_data` walks a tensor that is shared (as the autodiff graph shares every
+/// input it keeps) element by element through dynamic-rank indices, which cost more than the
+/// convolution itself.
+fn ndarray_values(x: &burn_ndarray::NdArrayTensor) -> std::borrow::Cow<'_, [f32]> {
+    if let burn_ndarray::NdArrayTensor::F32(storage) = x {
+        let view = storage.view();
+        if let Some(values) = view.to_slice() {
+            return std::borrow::Cow::Borrowed(values);
+        }
+        return std::borrow::Cow::Owned(view.iter().copied().collect());
+    }
+    std::borrow::Cow::Owned(host_values::<NdArray>(x.clone()))
+}
+
+/// burn-ndarray: convolutions as host im2col + GEMM ([`crate::host_conv`]).
+impl ModelBackend for NdArray {
+    const HOST_CONV: bool = true;
+
+    fn conv2d_gemm(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let (xs, ws) = (x.shape(), weight.shape());
+        let Some(u) = host_geometry(&xs, &ws, &options) else {
+            return Self::conv2d(x, weight, None, options);
+        };
+        let device = Self::float_device(&x);
+        let o = ws[0];
+        let y = crate::host_conv::conv_forward(&ndarray_values(&x), &ndarray_values(&weight), o, u);
+        let [ho, wo] = u.output_size();
+        Self::float_from_data(TensorData::new(y, [xs[0], o, ho, wo]), &device)
+    }
+
+    fn conv2d_gemm_x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let (xs, ws) = (x.shape(), weight.shape());
+        let Some(u) = host_geometry(&xs, &ws, &options) else {
+            return Self::conv2d_x_backward(x, weight, grad, options);
+        };
+        let device = Self::float_device(&x);
+        let dx = crate::host_conv::conv_input_grad(
+            &ndarray_values(&grad),
+            &ndarray_values(&weight),
+            ws[0],
+            u,
+        );
+        Self::float_from_data(TensorData::new(dx, xs), &device)
+    }
+
+    fn conv2d_gemm_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let (xs, ws) = (x.shape(), weight.shape());
+        let Some(u) = host_geometry(&xs, &ws, &options) else {
+            return Self::conv2d_weight_backward(x, weight, grad, options);
+        };
+        let device = Self::float_device(&x);
+        let dw = crate::host_conv::conv_weight_grad(
+            &ndarray_values(&x),
+            &ndarray_values(&grad),
+            ws[0],
+            u,
+        );
+        Self::float_from_data(TensorData::new(dw, ws), &device)
+    }
+}
 
 #[cfg(feature = "fusion")]
 impl<B: burn_fusion::FusionBackend> ModelBackend for burn_fusion::Fusion<B> {}
@@ -571,6 +667,7 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     const LOSS_KERNEL: bool = B::LOSS_KERNEL;
 
     const BATCH_NORM_KERNEL: bool = B::BATCH_NORM_KERNEL;
+    const HOST_CONV: bool = B::HOST_CONV;
 
     fn unfold2d(x: FloatTensor<Self>, u: Unfold) -> FloatTensor<Self> {
         #[derive(Debug)]

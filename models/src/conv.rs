@@ -95,7 +95,8 @@ impl<B: ModelBackend> ConvLayer<B> {
 /// Convolution of `x: [N, C, H, W]` with `weight: [O, C, k, k]`: zero padding `padding` on each
 /// side, stride `stride`; output `[N, O, Ho, Wo]`, `Ho = (H + 2·padding − k) / stride + 1`.
 /// The columns come from [`ModelBackend::unfold2d`] (one kernel on cubecl backends), except for
-/// a plain 1 × 1 convolution, whose columns are the input itself.
+/// a plain 1 × 1 convolution, whose columns are the input itself. On the host
+/// ([`ModelBackend::HOST_CONV`]) the whole convolution is one operation instead.
 pub fn conv2d_im2col<B: ModelBackend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
@@ -116,6 +117,10 @@ pub fn conv2d_im2col<B: ModelBackend>(
         stride,
         padding,
     };
+    if B::HOST_CONV {
+        let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
+        return crate::conv2d_implicit_gemm(x, weight, bias, options);
+    }
     let [ho, wo] = u.output_size();
     let columns = if k == 1 && stride == 1 && padding == 0 {
         x.reshape([n, c, h * w])

@@ -19,12 +19,12 @@ mod gan;
 mod gan_run;
 mod gan_train;
 mod generator;
+mod host_conv;
 mod losses;
 mod seg_run;
 mod seg_train;
 mod train;
 mod transunet;
-mod unfold_cpu;
 mod upsample;
 
 pub use backend::{ModelBackend, conv2d_implicit_gemm};
