@@ -514,5 +514,136 @@ pub fn bench_kernels<R: Runtime>(client: &ComputeClient<R>, reps: usize) -> Vec<
         gb_per_s: gbs,
         percent_of_copy: 100.0 * gbs / copy_gbs,
     });
+    // BatchNorm + ReLU at the seed TransUNet's largest layer (the stem's output, batch 8:
+    // 8 × 128 × 64²): training forward (statistics, then normalisation) and backward.
+    {
+        use crate::batch_norm::*;
+        let layout = ChannelLayout {
+            batch: 8,
+            channels: 128,
+            spatial: 64 * 64,
+        };
+        let (n_b, c) = (layout.len(), layout.channels);
+        let x: Vec<f32> = crate::random_hu(n_b, 17)
+            .iter()
+            .map(|v| v / 500.0)
+            .collect();
+        let g: Vec<f32> = crate::random_hu(n_b, 18).iter().map(|v| v / 1e4).collect();
+        let ones = vec![1.0f32; c];
+        let zeros = vec![0.0f32; c];
+        let (xh, gh) = (up(&x), up(&g));
+        let affine = Affine {
+            gamma: up(&ones),
+            beta: up(&zeros),
+        };
+        let mut out = None;
+        let ms = median_ms(client, reps, || {
+            let running = ChannelBuffers {
+                mean: up(&zeros),
+                var: up(&ones),
+            };
+            let (batch, _) = launch_batch_stats(client, xh.clone(), layout, running, 0.1);
+            let y =
+                launch_batch_norm_apply(client, xh.clone(), layout, &batch, &affine, 1e-5, true);
+            out = Some((batch, y));
+        });
+        let (batch, yh) = out.expect("launched");
+        let want = batch_stats_reference(&x, layout, &zeros, &ones, 0.1);
+        let want_y = batch_norm_apply_reference(
+            &x, layout, &want.mean, &want.var, &ones, &zeros, 1e-5, true,
+        );
+        let got_y = f32::from_bytes(&client.read_one_unchecked(yh.clone())).to_vec();
+        // x read twice for the statistics and once for the output, y written.
+        let gbs = (4 * n_b * 4) as f64 / (ms * 1e-3) / 1e9;
+        reports.push(KernelReport {
+            kernel: "BatchNorm+ReLU forward".into(),
+            size: "8x128x64x64".into(),
+            max_error: crate::max_abs_diff(&want_y, &got_y),
+            ms,
+            gb_per_s: gbs,
+            percent_of_copy: 100.0 * gbs / copy_gbs,
+        });
+        let saved = SavedForward {
+            x: xh,
+            y: yh,
+            stats: batch,
+            gamma: affine.gamma,
+        };
+        let mut out = None;
+        let ms = median_ms(client, reps, || {
+            out = Some(launch_batch_norm_backward(
+                client,
+                &saved,
+                gh.clone(),
+                layout,
+                1e-5,
+                true,
+            ));
+        });
+        let (dx, _, _) = out.expect("launched");
+        let want_g = batch_norm_backward_reference(
+            &x, &want_y, &g, layout, &want.mean, &want.var, &ones, 1e-5, true,
+        );
+        let got = f32::from_bytes(&client.read_one_unchecked(dx)).to_vec();
+        // x, y and the gradient read twice, the input gradient written.
+        let gbs = (7 * n_b * 4) as f64 / (ms * 1e-3) / 1e9;
+        reports.push(KernelReport {
+            kernel: "BatchNorm+ReLU backward".into(),
+            size: "8x128x64x64".into(),
+            max_error: crate::max_abs_diff(&want_g.x, &got),
+            ms,
+            gb_per_s: gbs,
+            percent_of_copy: 100.0 * gbs / copy_gbs,
+        });
+    }
+
+    // The columns of the seed decoder's widest 3 × 3 convolution at batch 8 (256 channels of
+    // 32², 9 × more columns than input) and their adjoint; both exact.
+    {
+        use crate::unfold::*;
+        let u = Unfold {
+            input: [8, 256, 32, 32],
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let n_x: usize = u.input.iter().product();
+        let n_c: usize = u.columns_shape().iter().product();
+        let x = crate::random_hu(n_x, 19);
+        let xh = up(&x);
+        let mut out = None;
+        let ms = median_ms(client, reps, || {
+            out = Some(launch_unfold(client, xh.clone(), u))
+        });
+        let got = f32::from_bytes(&client.read_one_unchecked(out.expect("launched"))).to_vec();
+        let want = unfold_reference(&x, u);
+        let gbs = ((n_x + n_c) * 4) as f64 / (ms * 1e-3) / 1e9;
+        reports.push(KernelReport {
+            kernel: "unfold (im2col)".into(),
+            size: "8x256x32x32 k3".into(),
+            max_error: want.iter().zip(&got).filter(|(a, b)| a != b).count() as f32,
+            ms,
+            gb_per_s: gbs,
+            percent_of_copy: 100.0 * gbs / copy_gbs,
+        });
+        let cols = crate::random_hu(n_c, 20);
+        let ch = up(&cols);
+        let mut out = None;
+        let ms = median_ms(client, reps, || {
+            out = Some(launch_fold(client, ch.clone(), u))
+        });
+        let got = f32::from_bytes(&client.read_one_unchecked(out.expect("launched"))).to_vec();
+        let want = fold_reference(&cols, u);
+        let gbs = ((n_x + n_c) * 4) as f64 / (ms * 1e-3) / 1e9;
+        reports.push(KernelReport {
+            kernel: "fold (col2im)".into(),
+            size: "8x256x32x32 k3".into(),
+            max_error: want.iter().zip(&got).filter(|(a, b)| a != b).count() as f32,
+            ms,
+            gb_per_s: gbs,
+            percent_of_copy: 100.0 * gbs / copy_gbs,
+        });
+    }
+
     reports
 }

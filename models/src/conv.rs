@@ -1,12 +1,14 @@
-//! 2-D convolution as im2col + one batched matmul, in plain tensor ops.
+//! 2-D convolution as im2col + one batched matmul.
 //!
 //! Why: burn 0.21 built without its `autotune` feature runs every convolution with its *direct*
 //! kernel (forward and both backward passes); on an H200 that made a TransUNet training step
 //! 382 ms against PyTorch's 33 ms (BENCHMARKS.md). With `autotune` on, the first step instead
 //! compiles and times dozens of candidates per convolution shape and did not finish in minutes.
-//! Expressed as shifted (strided) slices concatenated along channels and one matmul per batch,
-//! a convolution runs on burn's matmul kernels, which need no autotuning, on every backend, and
-//! autodiff differentiates it exactly.
+//! As its columns (one `unfold` operation, whose backward is its adjoint `fold`) times the
+//! weight, a convolution runs on burn's matmul kernels, which need no autotuning. The columns
+//! were once strided slices concatenated along channels: about 65 launches per 3 × 3
+//! convolution on a GPU, and on the CPU a quarter of the step in copies, so the columns are one
+//! kernel on cubecl backends and the whole convolution one host operation on NdArray.
 
 use burn::module::Module;
 use burn::module::Param;
@@ -24,7 +26,7 @@ use crate::ModelBackend;
 pub enum ConvImpl {
     /// burn's own `conv2d` (its backend's kernel choice).
     Native,
-    /// im2col + matmul in tensor ops ([`conv2d_im2col`]).
+    /// im2col columns times the weight ([`conv2d_im2col`]).
     #[default]
     Im2col,
     /// burn-cubecl's implicit GEMM, forward and backward, without autotune
