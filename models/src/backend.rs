@@ -11,7 +11,11 @@
 //!   backward passes), which burn only reaches through autotune — whose compile volume kept the
 //!   first training step from finishing (BENCHMARKS.md). It needs the device's matrix units
 //!   (CMMA); where the kernel cannot be set up, burn's default convolution runs instead, with a
-//!   warning once. Elsewhere the provided implementation is burn's `conv2d` and its backward.
+//!   warning once. On NdArray it is covflow's host convolution (im2col + strided GEMM,
+//!   [`ModelBackend::HOST_CONV`]); elsewhere burn's `conv2d` and its backward;
+//! - the im2col columns of a convolution and their adjoint (one kernel each on cubecl backends);
+//! - batch normalisation with its ReLU, forward and backward (four kernels on cubecl backends);
+//! - the segmenter's pixel losses and the Adam step (one kernel each on cubecl backends).
 
 use std::sync::Once;
 
