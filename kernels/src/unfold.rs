@@ -131,14 +131,15 @@ pub fn fold_reference(columns: &[f32], u: Unfold) -> Vec<f32> {
     out
 }
 
-/// One unit per column entry.
+/// One unit per output position of one `(n, c)` plane: it writes that position's k² column
+/// entries (for each `(dy, dx)` consecutive units write consecutive addresses), so the index
+/// arithmetic is paid once per position instead of once per entry.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn unfold_kernel(
     x: &Array<f32>,
     columns: &mut Array<f32>,
-    total: u32,
-    channels: u32,
+    positions: u32,
     height: u32,
     width: u32,
     out_width: u32,
@@ -148,24 +149,29 @@ pub fn unfold_kernel(
     padding: u32,
 ) {
     let i = ABSOLUTE_POS;
-    if i < total as usize {
+    if i < positions as usize {
         let j = i as u32;
+        // The (n, c) plane; the columns of plane q start at row q·k², since rows are (c, dy, dx).
+        let q = j / out_plane;
         let p = j % out_plane;
-        let rows = channels * kernel * kernel;
-        let row = (j / out_plane) % rows;
-        let n = j / (out_plane * rows);
-        let c = row / (kernel * kernel);
-        let dy = (row / kernel) % kernel;
-        let dx = row % kernel;
-        // Unsigned arithmetic: a position left of or above the padding wraps to a huge value
-        // and fails the bound check like one beyond the edge.
-        let iy = (p / out_width) * stride + dy - padding;
-        let ix = (p % out_width) * stride + dx - padding;
-        let mut v = f32::new(0.0);
-        if iy < height && ix < width {
-            v = x[(((n * channels + c) * height + iy) * width + ix) as usize];
+        let oy = p / out_width;
+        let ox = p % out_width;
+        let plane = q * height * width;
+        let mut out = q * kernel * kernel * out_plane + p;
+        for dy in 0..kernel {
+            // Unsigned arithmetic: a position left of or above the padding wraps to a huge
+            // value and fails the bound check like one beyond the edge.
+            let iy = oy * stride + dy - padding;
+            for dx in 0..kernel {
+                let ix = ox * stride + dx - padding;
+                let mut v = f32::new(0.0);
+                if iy < height && ix < width {
+                    v = x[(plane + iy * width + ix) as usize];
+                }
+                columns[out as usize] = v;
+                out += out_plane;
+            }
         }
-        columns[i] = v;
     }
 }
 
@@ -228,17 +234,17 @@ pub fn launch_unfold<R: Runtime>(
 ) -> cubecl::server::Handle {
     let total = u.columns_len();
     let out = client.empty(total.max(1) * 4);
-    let [_, c, h, w] = u.input;
+    let [n, c, h, w] = u.input;
     let [ho, wo] = u.output_size();
+    let positions = n * c * ho * wo;
     let threads = 256;
     unfold_kernel::launch::<R>(
         client,
-        crate::cube_count_for(total, threads),
+        crate::cube_count_for(positions, threads),
         CubeDim::new_1d(threads),
         unsafe { ArrayArg::from_raw_parts(x, u.input_len()) },
         unsafe { ArrayArg::from_raw_parts(out.clone(), total) },
-        total as u32,
-        c as u32,
+        positions as u32,
         h as u32,
         w as u32,
         wo as u32,
