@@ -10,16 +10,25 @@ pub(crate) fn cube_count_for(n: usize, threads: u32) -> cubecl::prelude::CubeCou
     cubecl::prelude::CubeCount::Static(x, cubes.div_ceil(x), 1)
 }
 
-/// Deterministic pseudo-random HU-like values in [-2048, 952), for kernel checks and tests.
-pub(crate) fn random_hu(n: usize, seed: u64) -> Vec<f32> {
+/// Deterministic pseudo-random values in [0, 1) (xorshift64, 24 bits each), for kernel checks
+/// and the tests of the crates that build on these kernels.
+pub fn random_unit(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 * 3000.0 - 2048.0
+            (s >> 40) as f32 / (1u64 << 24) as f32
         })
+        .collect()
+}
+
+/// Deterministic pseudo-random HU-like values in [-2048, 952), for kernel checks and tests.
+pub(crate) fn random_hu(n: usize, seed: u64) -> Vec<f32> {
+    random_unit(n, seed)
+        .into_iter()
+        .map(|u| u * 3000.0 - 2048.0)
         .collect()
 }
 

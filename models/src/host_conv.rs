@@ -219,15 +219,12 @@ mod tests {
 
     #[test]
     fn products_match_plain_loops_and_are_adjoint() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut seed = 0;
         let mut random = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
+            seed += 1;
+            covflow_kernels::random_unit(n, seed)
+                .iter()
+                .map(|v| v - 0.5)
                 .collect()
         };
         for (input, kernel, stride, padding, o) in [
@@ -274,15 +271,12 @@ mod tests {
 
     #[test]
     fn equal_to_the_references_bit_for_bit() {
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut seed = 0;
         let mut random = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
+            seed += 1;
+            covflow_kernels::random_unit(n, seed)
+                .iter()
+                .map(|v| v - 0.5)
                 .collect()
         };
         for (input, kernel, stride, padding) in [
