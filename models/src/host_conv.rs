@@ -11,33 +11,89 @@
 use covflow_kernels::unfold::Unfold;
 use rayon::prelude::*;
 
+/// A row-major `rows × cols` matrix, or the transpose of a stored `cols × rows` one: read
+/// through strides, never copied.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    values: &'a [f32],
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl<'a> Mat<'a> {
+    fn new(values: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            values,
+            rows,
+            cols,
+            transposed: false,
+        }
+    }
+
+    /// The transpose of this (stored) matrix.
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// `(row stride, column stride)` of the logical matrix.
+    fn strides(&self) -> (isize, isize) {
+        if self.transposed {
+            (1, self.rows as isize)
+        } else {
+            (self.cols as isize, 1)
+        }
+    }
+}
+
+/// `c = a · b + beta · c`, `c` row-major `a.rows × b.cols`.
+fn gemm(a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "inner dimensions differ");
+    assert!(
+        a.values.len() >= m * k && b.values.len() >= k * n && c.len() >= m * n,
+        "a matrix is shorter than its shape"
+    );
+    let ((rsa, csa), (rsb, csb)) = (a.strides(), b.strides());
+    // SAFETY: each operand holds at least rows × cols values (asserted above), and its strides
+    // address exactly those, row-major or transposed.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.values.as_ptr(),
+            rsa,
+            csa,
+            b.values.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
 /// `y[n] = W · columns(x)[n]` for `x: [N, C, H, W]` (values in order) and `W: [O, C·k·k]`:
 /// `[N, O, Ho·Wo]` in order.
 pub(crate) fn conv_forward(x: &[f32], weight: &[f32], out_channels: usize, u: Unfold) -> Vec<f32> {
     let columns = unfold(x, u);
-    let [n, rows, plane] = u.columns_shape();
-    let mut y = vec![0.0f32; n * out_channels * plane];
-    for b in 0..n {
-        // SAFETY: W is O × rows, the columns N × rows × plane and y N × O × plane, all row-major
-        // and as long as those shapes say; the strides below stay inside them.
-        unsafe {
-            matrixmultiply::sgemm(
-                out_channels,
-                rows,
-                plane,
-                1.0,
-                weight.as_ptr(),
-                rows as isize,
-                1,
-                columns[b * rows * plane..].as_ptr(),
-                plane as isize,
-                1,
-                0.0,
-                y[b * out_channels * plane..].as_mut_ptr(),
-                plane as isize,
-                1,
-            );
-        }
+    let [_, rows, plane] = u.columns_shape();
+    let w = Mat::new(weight, out_channels, rows);
+    let mut y = vec![0.0f32; u.input[0] * out_channels * plane];
+    for (y, cols) in y
+        .chunks_mut(out_channels * plane)
+        .zip(columns.chunks(rows * plane))
+    {
+        gemm(w, Mat::new(cols, rows, plane), 0.0, y);
     }
     y
 }
@@ -50,27 +106,13 @@ pub(crate) fn conv_input_grad(
     u: Unfold,
 ) -> Vec<f32> {
     let [n, rows, plane] = u.columns_shape();
+    let w = Mat::new(weight, out_channels, rows);
     let mut columns = vec![0.0f32; n * rows * plane];
-    for b in 0..n {
-        // SAFETY: as in `conv_forward`; Wᵀ is W read with swapped strides.
-        unsafe {
-            matrixmultiply::sgemm(
-                rows,
-                out_channels,
-                plane,
-                1.0,
-                weight.as_ptr(),
-                1,
-                rows as isize,
-                grad[b * out_channels * plane..].as_ptr(),
-                plane as isize,
-                1,
-                0.0,
-                columns[b * rows * plane..].as_mut_ptr(),
-                plane as isize,
-                1,
-            );
-        }
+    for (cols, g) in columns
+        .chunks_mut(rows * plane)
+        .zip(grad.chunks(out_channels * plane))
+    {
+        gemm(w.t(), Mat::new(g, out_channels, plane), 0.0, cols);
     }
     fold(&columns, u)
 }
@@ -84,28 +126,20 @@ pub(crate) fn conv_weight_grad(
     u: Unfold,
 ) -> Vec<f32> {
     let columns = unfold(x, u);
-    let [n, rows, plane] = u.columns_shape();
+    let [_, rows, plane] = u.columns_shape();
     let mut dw = vec![0.0f32; out_channels * rows];
-    for b in 0..n {
-        // SAFETY: as in `conv_forward`; the columns' transpose is read with swapped strides.
-        unsafe {
-            matrixmultiply::sgemm(
-                out_channels,
-                plane,
-                rows,
-                1.0,
-                grad[b * out_channels * plane..].as_ptr(),
-                plane as isize,
-                1,
-                columns[b * rows * plane..].as_ptr(),
-                1,
-                plane as isize,
-                if b == 0 { 0.0 } else { 1.0 },
-                dw.as_mut_ptr(),
-                rows as isize,
-                1,
-            );
-        }
+    for (b, (g, cols)) in grad
+        .chunks(out_channels * plane)
+        .zip(columns.chunks(rows * plane))
+        .enumerate()
+    {
+        let beta = if b == 0 { 0.0 } else { 1.0 };
+        gemm(
+            Mat::new(g, out_channels, plane),
+            Mat::new(cols, rows, plane).t(),
+            beta,
+            &mut dw,
+        );
     }
     dw
 }
