@@ -17,6 +17,7 @@
 //! - batch normalisation with its ReLU, forward and backward (four kernels on cubecl backends);
 //! - the segmenter's pixel losses and the Adam step (one kernel each on cubecl backends).
 
+use std::borrow::Cow;
 use std::sync::Once;
 
 use burn::backend::autodiff::NodeId;
@@ -37,6 +38,7 @@ use covflow_kernels::unfold::Unfold;
 
 use crate::batch_norm::{BatchNormForward, BatchNormInputs, BatchNormSaved};
 use crate::gan::max_pool3d_plain;
+use crate::gan_ops::{Activated, Conv3dGeometry, Up2xGeometry};
 use crate::losses::{mse, sensitivity_bce};
 use crate::upsample::{upsample2x_backward_matrix, upsample2x_matrix};
 
@@ -56,8 +58,9 @@ pub trait ModelBackend: Backend {
             .tensor()
     }
 
-    /// Whether [`ModelBackend::max_pool3d_backward`] is this backend's own kernel. Where it is
-    /// not, burn differentiates the plain composition ([`max_pool3d_plain`]) instead.
+    /// Whether [`ModelBackend::max_pool3d_backward`] is this backend's own operation (a kernel
+    /// on cubecl backends, a parallel host pass on NdArray). Where it is not, burn
+    /// differentiates the plain composition ([`max_pool3d_plain`]) instead.
     const POOL3D_KERNEL: bool = false;
 
     /// 2 × 2 × 2 max-pooling with stride 2 of `[N, C, D, H, W]` (odd sizes floored).
@@ -85,6 +88,68 @@ pub trait ModelBackend: Backend {
         Tensor::<Self, 5>::from_data(TensorData::new(out, dims), &device)
             .into_primitive()
             .tensor()
+    }
+
+    /// A float tensor's values in order, on the host: borrowed where the backend keeps them
+    /// there in order (NdArray), copied otherwise.
+    fn host_read(x: &FloatTensor<Self>) -> Cow<'_, [f32]> {
+        Cow::Owned(host_values::<Self>(x.clone()))
+    }
+
+    /// Whether [`ModelBackend::gan_conv3d`] and [`ModelBackend::gan_up2x`] are this backend's own
+    /// operations, which [`crate::conv3d`] and [`crate::up2x`] then run as one autodiff node
+    /// each. Where they are not, burn differentiates their compositions of tensor operations.
+    const HOST_GAN_OPS: bool = false;
+
+    /// The GAN's 3-D convolution (see [`crate::host_conv3d`]), then the LeakyReLU of `slope`
+    /// where one is given (0: ReLU): `[N, O, Do, Ho, Wo]`. Provided on the host.
+    fn gan_conv3d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        g: Conv3dGeometry,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self> {
+        crate::gan_ops::host_conv3d::<Self>(x, weight, bias, g, slope)
+    }
+
+    /// `[dx, dW, db]` of [`ModelBackend::gan_conv3d`] for its output's gradient, each only where
+    /// `need` asks; `activated` holds the output and slope where there was an activation.
+    /// Provided on the host.
+    fn gan_conv3d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        g: Conv3dGeometry,
+        need: [bool; 3],
+        activated: Activated<Self>,
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        crate::gan_ops::host_conv3d_backward::<Self>(x, weight, grad, g, need, activated)
+    }
+
+    /// The generator's ×2 transposed convolution (see [`crate::host_up2x`]), then the
+    /// activation as in [`ModelBackend::gan_conv3d`]: `[N, O, 2D, 2H, 2W]`. Provided on the host.
+    fn gan_up2x(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        g: Up2xGeometry,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self> {
+        crate::gan_ops::host_up2x::<Self>(x, weight, bias, g, slope)
+    }
+
+    /// `[dx, dW, db]` of [`ModelBackend::gan_up2x`], as [`ModelBackend::gan_conv3d_backward`].
+    /// Provided on the host.
+    fn gan_up2x_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        g: Up2xGeometry,
+        need: [bool; 3],
+        activated: Activated<Self>,
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        crate::gan_ops::host_up2x_backward::<Self>(x, weight, grad, g, need, activated)
     }
 
     /// Fractal Perlin noise fields, one per `(table, fractal)`, as `[fields, rows, cols]` on
@@ -330,9 +395,37 @@ fn ndarray_values(x: &burn_ndarray::NdArrayTensor) -> std::borrow::Cow<'_, [f32]
     std::borrow::Cow::Owned(host_values::<NdArray>(x.clone()))
 }
 
-/// burn-ndarray: convolutions as host im2col + GEMM ([`crate::host_conv`]).
+/// burn-ndarray: convolutions as host im2col + GEMM ([`crate::host_conv`]), the GAN's 3-D
+/// operations on the host ([`crate::gan_ops`]).
 impl ModelBackend for NdArray {
     const HOST_CONV: bool = true;
+    const HOST_GAN_OPS: bool = true;
+    const POOL3D_KERNEL: bool = true;
+
+    fn host_read(x: &FloatTensor<Self>) -> Cow<'_, [f32]> {
+        ndarray_values(x)
+    }
+
+    fn max_pool3d(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let dims: [usize; 5] = std::array::from_fn(|i| shape[i]);
+        let y = crate::host_pool3d::max_pool3d(&ndarray_values(&x), dims);
+        let [d, h, w] = covflow_kernels::pooled_shape([dims[2], dims[3], dims[4]]);
+        let device = Self::float_device(&x);
+        Self::float_from_data(TensorData::new(y, [dims[0], dims[1], d, h, w]), &device)
+    }
+
+    fn max_pool3d_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape();
+        let dims: [usize; 5] = std::array::from_fn(|i| shape[i]);
+        let dx = crate::host_pool3d::max_pool3d_backward(
+            &ndarray_values(&x),
+            &ndarray_values(&grad),
+            dims,
+        );
+        let device = Self::float_device(&x);
+        Self::float_from_data(TensorData::new(dx, dims), &device)
+    }
 
     fn conv2d_gemm(
         x: FloatTensor<Self>,
@@ -672,6 +765,27 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
 
     const BATCH_NORM_KERNEL: bool = B::BATCH_NORM_KERNEL;
     const HOST_CONV: bool = B::HOST_CONV;
+    const HOST_GAN_OPS: bool = B::HOST_GAN_OPS;
+
+    fn gan_conv3d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        g: Conv3dGeometry,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self> {
+        crate::gan_ops::autodiff_conv3d::<B, C>(x, weight, bias, g, slope)
+    }
+
+    fn gan_up2x(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        g: Up2xGeometry,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self> {
+        crate::gan_ops::autodiff_up2x::<B, C>(x, weight, bias, g, slope)
+    }
 
     fn unfold2d(x: FloatTensor<Self>, u: Unfold) -> FloatTensor<Self> {
         #[derive(Debug)]

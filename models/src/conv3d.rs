@@ -12,7 +12,7 @@ use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfi
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Slice, Tensor, backend::Backend};
 
-use crate::ConvImpl;
+use crate::{Activation, ConvImpl, ModelBackend};
 
 /// A 3-D convolution with a cubic kernel, stride 1 and `same` or `valid` padding, initialised
 /// exactly like `burn::nn::conv::Conv3d` (its weights are taken from one).
@@ -52,17 +52,24 @@ impl<B: Backend> Conv3dLayer<B> {
             imp,
         }
     }
+}
 
+impl<B: ModelBackend> Conv3dLayer<B> {
     /// Applies the convolution to `[N, C, D, H, W]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.forward_activated(x, Activation::Identity)
+    }
+
+    /// Applies the convolution and then `activation` (one operation on the CPU backend).
+    pub fn forward_activated(&self, x: Tensor<B, 5>, activation: Activation) -> Tensor<B, 5> {
         let w = self.weight.val();
         let b = self.bias.as_ref().map(|b| b.val());
         match self.imp {
-            ConvImpl::Im2col => conv3d_im2col(x, w, b, self.padding),
+            ConvImpl::Im2col => crate::conv3d(x, w, b, self.padding, activation),
             ConvImpl::Native | ConvImpl::ImplicitGemm => {
                 let p = self.padding;
                 let options = ConvOptions::new([1, 1, 1], [p, p, p], [1, 1, 1], 1);
-                burn::tensor::module::conv3d(x, w, b, options)
+                activation.apply(burn::tensor::module::conv3d(x, w, b, options))
             }
         }
     }
@@ -95,17 +102,25 @@ impl<B: Backend> Up2xLayer<B> {
             imp,
         }
     }
+}
 
+impl<B: ModelBackend> Up2xLayer<B> {
     /// `[N, C, D, H, W]` → `[N, O, 2D, 2H, 2W]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.forward_activated(x, Activation::Identity)
+    }
+
+    /// Applies the transposed convolution and then `activation` (one operation on the CPU
+    /// backend).
+    pub fn forward_activated(&self, x: Tensor<B, 5>, activation: Activation) -> Tensor<B, 5> {
         let w = self.weight.val();
         let b = self.bias.as_ref().map(|b| b.val());
         match self.imp {
-            ConvImpl::Im2col => up2x_matmul(x, w, b),
+            ConvImpl::Im2col => crate::up2x(x, w, b, activation),
             ConvImpl::Native | ConvImpl::ImplicitGemm => {
                 let options =
                     ConvTransposeOptions::new([2, 2, 2], [0, 0, 0], [0, 0, 0], [1, 1, 1], 1);
-                burn::tensor::module::conv_transpose3d(x, w, b, options)
+                activation.apply(burn::tensor::module::conv_transpose3d(x, w, b, options))
             }
         }
     }

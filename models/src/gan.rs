@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::{Conv3dLayer, ConvImpl, ModelBackend};
+use crate::{Activation, Conv3dLayer, ConvImpl, ModelBackend};
 
 /// 2 × 2 × 2 max-pooling with stride 2 of `[N, C, D, H, W]`, odd sizes floored (Keras' `valid`),
 /// on the backend's best path: our kernels (forward and backward) on cubecl backends, the plain
@@ -130,9 +130,9 @@ impl<B: ModelBackend> Discriminator<B> {
 
     /// Convolutions, pools and the global average pool over depth, height and width.
     fn pooled(&self, x: Tensor<B, 5>) -> Tensor<B, 2> {
-        let x = max_pool3d(relu(self.conv1.forward(x)));
-        let x = max_pool3d(relu(self.conv2.forward(x)));
-        let x = max_pool3d(relu(self.conv3.forward(x)));
+        let x = max_pool3d(self.conv1.forward_activated(x, Activation::Relu));
+        let x = max_pool3d(self.conv2.forward_activated(x, Activation::Relu));
+        let x = max_pool3d(self.conv3.forward_activated(x, Activation::Relu));
         let [n, c, ..] = x.dims();
         x.reshape([n as i32, c as i32, -1])
             .mean_dim(2)

@@ -114,6 +114,11 @@ pub struct GanLosses {
     pub discriminator: f64,
     /// Step 3, the generator's adversarial MSE.
     pub adversarial: f64,
+    /// Step 2: the share of real healthy volumes the discriminator called healthy
+    /// (probability above 0.5, its dropout as trained).
+    pub accuracy_real: f64,
+    /// Step 2: the share of generated twins it called generated.
+    pub accuracy_generated: f64,
 }
 
 /// A training in progress: both models, both optimisers, the iteration reached and the history.
@@ -223,11 +228,11 @@ where
         let z = self.latent(&mut rng, infected_t.dims());
         let twins = self.generator.forward(infected_t.clone(), z).detach();
         let (m1, m2) = (self.dropout(&mut rng, n), self.dropout(&mut rng, n));
-        let loss_d = (mse(
-            self.discriminator.forward_masked(healthy_t, m1),
-            real.clone(),
-        ) + mse(self.discriminator.forward_masked(twins, m2), fake))
-            / 2.0;
+        let on_real = self.discriminator.forward_masked(healthy_t, m1);
+        let on_twins = self.discriminator.forward_masked(twins, m2);
+        let accuracy_real = share_called(&on_real, 0);
+        let accuracy_generated = share_called(&on_twins, 1);
+        let loss_d = (mse(on_real, real.clone()) + mse(on_twins, fake)) / 2.0;
         let discriminator = scalar(&loss_d);
         let grads = GradientsParams::from_grads(loss_d.backward(), &self.discriminator);
         self.discriminator = self.opt_d.step(
@@ -236,11 +241,13 @@ where
             grads,
         );
 
-        // 3. Adversarial: twins toward "healthy"; only the generator learns.
+        // 3. Adversarial: twins toward "healthy"; only the generator learns, so the judge is
+        // a frozen copy (its weights' gradients would be computed and thrown away).
         let z = self.latent(&mut rng, infected_t.dims());
         let twins = self.generator.forward(infected_t, z);
         let masks = self.dropout(&mut rng, n);
-        let loss_a = mse(self.discriminator.forward_masked(twins, masks), real);
+        let judge = self.discriminator.clone().no_grad();
+        let loss_a = mse(judge.forward_masked(twins, masks), real);
         let adversarial = scalar(&loss_a);
         let grads = GradientsParams::from_grads(loss_a.backward(), &self.generator);
         self.generator = self
@@ -253,6 +260,8 @@ where
             reconstruction,
             discriminator,
             adversarial,
+            accuracy_real,
+            accuracy_generated,
         };
         self.history.push(losses);
         losses
@@ -553,6 +562,19 @@ impl<B: Backend> burn::module::ModuleMapper<B> for SequentialIds {
 /// Mean squared difference (the plain one: the GAN's outputs are values, not logits).
 fn mse<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, 1> {
     (a - b).powi_scalar(2).mean()
+}
+
+/// The share of rows of the `[N, 2]` class probabilities `p` whose class `class` is above 0.5.
+fn share_called<B: Backend>(p: &Tensor<B, 2>, class: usize) -> f64 {
+    let [n, _] = p.dims();
+    let values: Vec<f32> = p
+        .clone()
+        .narrow(1, class, 1)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 probabilities");
+    values.iter().filter(|v| **v > 0.5).count() as f64 / n.max(1) as f64
 }
 
 fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {

@@ -21,10 +21,9 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::{leaky_relu, relu};
 use burn::tensor::backend::Backend;
 
-use crate::{Conv3dLayer, ConvImpl, ModelBackend, Up2xLayer, max_pool3d};
+use crate::{Activation, Conv3dLayer, ConvImpl, ModelBackend, Up2xLayer, max_pool3d};
 
 /// The generator's configuration; the defaults are the reference model.
 #[derive(Config, Debug)]
@@ -109,18 +108,18 @@ struct DenseLevel<B: Backend> {
     second: Conv3dLayer<B>,
 }
 
-impl<B: Backend> DenseLevel<B> {
+impl<B: ModelBackend> DenseLevel<B> {
     /// `extra` joins the input of the first convolution only (the bottleneck's latent noise).
     fn forward(&self, x: Tensor<B, 5>, extra: Option<Tensor<B, 5>>, slope: f64) -> Tensor<B, 5> {
         let first_in = match extra {
             Some(e) => Tensor::cat(vec![x.clone(), e], 1),
             None => x.clone(),
         };
-        let y = leaky_relu(self.first.forward(first_in), slope);
-        let y = leaky_relu(
-            self.second.forward(Tensor::cat(vec![x.clone(), y], 1)),
-            slope,
-        );
+        let act = Activation::Leaky(slope);
+        let y = self.first.forward_activated(first_in, act);
+        let y = self
+            .second
+            .forward_activated(Tensor::cat(vec![x.clone(), y], 1), act);
         Tensor::cat(vec![x, y], 1)
     }
 }
@@ -161,19 +160,19 @@ impl<B: ModelBackend> Generator<B> {
             skips.push(y);
         }
         let x = self.bottleneck.forward(x, Some(noise), self.slope);
-        let act = |t| leaky_relu(t, self.slope);
+        let act = Activation::Leaky(self.slope);
         let mut x = Tensor::cat(
             vec![
-                act(self.parallel1.forward(x.clone())),
-                act(self.parallel3.forward(x.clone())),
-                act(self.parallel5.forward(x)),
+                self.parallel1.forward_activated(x.clone(), act),
+                self.parallel3.forward_activated(x.clone(), act),
+                self.parallel5.forward_activated(x, act),
             ],
             1,
         );
         for (up, skip) in self.up.iter().zip(skips.into_iter().rev()) {
-            x = Tensor::cat(vec![act(up.forward(x)), skip], 1);
+            x = Tensor::cat(vec![up.forward_activated(x, act), skip], 1);
         }
-        relu(self.out.forward(x))
+        self.out.forward_activated(x, Activation::Relu)
     }
 }
 

@@ -4,83 +4,14 @@
 //! The columns equal `covflow_kernels::unfold`'s references bit for bit (they are copies; each
 //! input element's gradient is summed over `(dy, dx)` in the same order), built row by row with
 //! slice copies over the `(n, c)` planes in parallel: the plain references spent about a sixth
-//! of a CPU training step. The products call `matrixmultiply::sgemm` with the operands' strides,
+//! of a CPU training step. The products call [`crate::gemm`] with the operands' strides,
 //! so a transposed operand is read in place: through burn-ndarray's `matmul` every call copied
 //! both operands and its output (a quarter of a CPU training step, BENCHMARKS.md).
 
 use covflow_kernels::unfold::Unfold;
 use rayon::prelude::*;
 
-/// A row-major `rows × cols` matrix, or the transpose of a stored `cols × rows` one: read
-/// through strides, never copied.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    values: &'a [f32],
-    rows: usize,
-    cols: usize,
-    transposed: bool,
-}
-
-impl<'a> Mat<'a> {
-    fn new(values: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self {
-            values,
-            rows,
-            cols,
-            transposed: false,
-        }
-    }
-
-    /// The transpose of this (stored) matrix.
-    fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            transposed: !self.transposed,
-            ..self
-        }
-    }
-
-    /// `(row stride, column stride)` of the logical matrix.
-    fn strides(&self) -> (isize, isize) {
-        if self.transposed {
-            (1, self.rows as isize)
-        } else {
-            (self.cols as isize, 1)
-        }
-    }
-}
-
-/// `c = a · b + beta · c`, `c` row-major `a.rows × b.cols`.
-fn gemm(a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows, "inner dimensions differ");
-    assert!(
-        a.values.len() >= m * k && b.values.len() >= k * n && c.len() >= m * n,
-        "a matrix is shorter than its shape"
-    );
-    let ((rsa, csa), (rsb, csb)) = (a.strides(), b.strides());
-    // SAFETY: each operand holds at least rows × cols values (asserted above), and its strides
-    // address exactly those, row-major or transposed.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.values.as_ptr(),
-            rsa,
-            csa,
-            b.values.as_ptr(),
-            rsb,
-            csb,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-}
+use crate::gemm::{Mat, gemm};
 
 /// `y[n] = W · columns(x)[n]` for `x: [N, C, H, W]` (values in order) and `W: [O, C·k·k]`:
 /// `[N, O, Ho·Wo]` in order.

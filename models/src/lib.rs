@@ -16,10 +16,15 @@ mod dropout;
 mod export;
 mod fused_adam;
 mod gan;
+mod gan_ops;
 mod gan_run;
 mod gan_train;
+mod gemm;
 mod generator;
 mod host_conv;
+mod host_conv3d;
+mod host_pool3d;
+mod host_up2x;
 mod losses;
 mod seg_run;
 mod seg_train;
@@ -39,6 +44,7 @@ pub use dropout::{dropout, with_seeded_dropout};
 pub use export::{WeightsError, load_transunet_safetensors, save_transunet_safetensors};
 pub use fused_adam::FusedAdam;
 pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d, max_pool3d_plain};
+pub use gan_ops::{Activation, Conv3dGeometry, Up2xGeometry, conv3d, up2x};
 pub use gan_run::{GanError, GanOutcome, conv_for, heal_volumes, train_gan};
 pub use gan_train::{
     CheckpointError, GanData, GanLosses, GanRecipe, GanSample, GanTrainer, NoiseAugment, NoisePlan,

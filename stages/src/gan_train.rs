@@ -113,8 +113,10 @@ impl Stage for GanTrainStage {
 
     fn version(&self) -> u32 {
         // 2: Adam is one fused kernel per tensor on GPU backends (rounding differs there; the CPU
-        // path is unchanged).
-        2
+        // path is unchanged). 3: the CPU's convolutions, transposed convolutions and pooling
+        // are host operations (summation order changed); history gains the discriminator's
+        // accuracy.
+        3
     }
 
     fn about(&self) -> &'static str {
@@ -123,7 +125,8 @@ impl Stage for GanTrainStage {
          infected ones pushed toward healthy. Items in `holdout` are never trained on. \
          Checkpoints every `checkpoint_every` iterations in the task's work directory; a killed \
          training resumes from the last one. Writes generator.bin, gan.json (recipe, grid, \
-         split) and history.csv/json (losses). Reads one crop-like stage (`needs`); every axis \
+         split) and history.csv/json (losses, and the discriminator's accuracy on real and \
+         generated volumes). Reads one crop-like stage (`needs`); every axis \
          of its grid must be a multiple of 16 and at least 32."
     }
 
@@ -250,8 +253,14 @@ impl Stage for GanTrainStage {
                     let per = start.elapsed().as_secs_f64() / (l.iteration - *done_here) as f64;
                     let eta = per * (p.iterations - l.iteration) as f64;
                     ctx.log.progress(format!(
-                        "iteration {}/{}: reconstruction {:.5}, discriminator {:.4}, adversarial {:.4} ({per:.2} s/it, ETA {eta:.0} s)",
-                        l.iteration, p.iterations, l.reconstruction, l.discriminator, l.adversarial
+                        "iteration {}/{}: reconstruction {:.5}, discriminator {:.4} (right on {:.0} % real, {:.0} % generated), adversarial {:.4} ({per:.2} s/it, ETA {eta:.0} s)",
+                        l.iteration,
+                        p.iterations,
+                        l.reconstruction,
+                        l.discriminator,
+                        100.0 * l.accuracy_real,
+                        100.0 * l.accuracy_generated,
+                        l.adversarial
                     ));
                 }
                 !ctx.cancel.is_cancelled()
@@ -259,11 +268,18 @@ impl Stage for GanTrainStage {
         )?;
         // Only the log says it resumed: the artifact equals the uninterrupted run's.
         debug_assert!(outcome.history.len() == p.iterations);
-        let mut csv = String::from("iteration,reconstruction,discriminator,adversarial\n");
+        let mut csv = String::from(
+            "iteration,reconstruction,discriminator,adversarial,accuracy_real,accuracy_generated\n",
+        );
         for l in &outcome.history {
             csv += &format!(
-                "{},{},{},{}\n",
-                l.iteration, l.reconstruction, l.discriminator, l.adversarial
+                "{},{},{},{},{},{}\n",
+                l.iteration,
+                l.reconstruction,
+                l.discriminator,
+                l.adversarial,
+                l.accuracy_real,
+                l.accuracy_generated
             );
         }
         write(&ctx.out_dir.join("history.csv"), csv.as_bytes())?;

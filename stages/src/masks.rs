@@ -410,7 +410,11 @@ mod tests {
         let c = crop();
         // Intensity ranks the vessel above both lesion voxels: fine against parenchyma, wrong
         // against dense tissue.
-        let q = Quality::judge(&[crop()], std::slice::from_ref(&c.ct), &[c.id.clone()]);
+        let q = Quality::judge(
+            &[crop()],
+            std::slice::from_ref(&c.ct),
+            std::slice::from_ref(&c.id),
+        );
         let h = q.holdout.unwrap();
         assert_eq!((h.positives, h.voxels), (2, 5), "lung voxels only");
         assert_eq!(h.roc_auc, Some(4.0 / 6.0));
@@ -419,7 +423,7 @@ mod tests {
         assert_eq!(d.roc_auc, Some(0.0));
         // A score that is high on lesions only separates both ways.
         let lesion_only = c.lesion.clone().unwrap();
-        let q = Quality::judge(&[crop()], &[lesion_only], &[c.id.clone()]);
+        let q = Quality::judge(&[crop()], &[lesion_only], std::slice::from_ref(&c.id));
         assert_eq!(q.holdout_dense.unwrap().roc_auc, Some(1.0));
         assert!(
             q.summary().contains("dense tissue AUC 1.000"),

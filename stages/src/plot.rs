@@ -151,13 +151,15 @@ fn save(out: &Path, name: &str, figure: &impl Figure) -> Result<(), StageError> 
     Ok(())
 }
 
-/// A training's `history.csv`: the first column on x, every numeric column a series.
+/// A training's `history.csv`: the first column on x, every numeric column a series: the
+/// learning rate (`lr`) and accuracies (`accuracy_*`, in [0, 1]) in a panel of their own.
 struct Curves {
     stage: String,
     x_name: String,
     x: Vec<f64>,
     losses: Vec<(String, Vec<Option<f64>>)>,
     lr: Option<Vec<Option<f64>>>,
+    accuracies: Vec<(String, Vec<Option<f64>>)>,
 }
 
 impl Curves {
@@ -188,6 +190,7 @@ impl Curves {
             x,
             losses: Vec::new(),
             lr: None,
+            accuracies: Vec::new(),
         };
         for (k, name) in header.iter().enumerate().skip(1) {
             let values = column(k);
@@ -197,6 +200,8 @@ impl Curves {
             }
             if *name == "lr" {
                 curves.lr = Some(values);
+            } else if let Some(what) = name.strip_prefix("accuracy_") {
+                curves.accuracies.push((what.to_string(), values));
             } else {
                 curves.losses.push((name.to_string(), values));
             }
@@ -227,9 +232,10 @@ impl Figure for Curves {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let x_max = self.x.iter().copied().fold(1.0, f64::max);
-        let (left, right) = match self.lr {
-            Some(_) => root.split_horizontally(800),
-            None => (root.clone(), root.margin(0, 0, 0, 0).shrink((0, 0), (0, 0))),
+        let (left, right) = if self.lr.is_some() || !self.accuracies.is_empty() {
+            root.split_horizontally(800)
+        } else {
+            (root.clone(), root.margin(0, 0, 0, 0).shrink((0, 0), (0, 0)))
         };
         let (lo, hi) = log_bounds(self.losses.iter().flat_map(|(_, v)| v.iter()));
         let mut chart = ChartBuilder::on(&left)
@@ -290,8 +296,71 @@ impl Figure for Curves {
             chart
                 .draw_series(LineSeries::new(points, BLACK.stroke_width(2)))
                 .map_err(err)?;
+        } else if !self.accuracies.is_empty() {
+            self.draw_accuracies(&right, x_max)?;
         }
         Ok(())
+    }
+}
+
+/// `(x, mean of the last `window` values)` wherever a value is present.
+fn running_mean(x: &[f64], values: &[Option<f64>], window: usize) -> Vec<(f64, f64)> {
+    let present: Vec<(f64, f64)> = x
+        .iter()
+        .zip(values)
+        .filter_map(|(x, v)| v.map(|v| (*x, v)))
+        .collect();
+    (0..present.len())
+        .map(|i| {
+            let span = &present[i + 1 - window.min(i + 1)..=i];
+            let mean = span.iter().map(|(_, v)| v).sum::<f64>() / span.len() as f64;
+            (present[i].0, mean)
+        })
+        .collect()
+}
+
+impl Curves {
+    /// The accuracy columns on a linear [0, 1] axis, each the mean over a window of a fiftieth
+    /// of the run (a batch's accuracy takes a few values only), chance (0.5) dashed.
+    fn draw_accuracies<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        x_max: f64,
+    ) -> Result<(), String> {
+        let mut chart = ChartBuilder::on(area)
+            .caption("discriminator accuracy", (FONT, 22))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..x_max, 0f64..1.05)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_name)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 14))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, 0.5), (x_max, 0.5)],
+                6,
+                4,
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err)?;
+        for (k, (name, values)) in self.accuracies.iter().enumerate() {
+            let colour = PALETTE[(k + self.losses.len()) % PALETTE.len()];
+            let points = running_mean(&self.x, values, (self.x.len() / 50).max(1));
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .map_err(err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+        }
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
     }
 }
 
@@ -656,8 +725,9 @@ impl Stage for PlotStage {
     }
 
     fn version(&self) -> u32 {
-        // 2: one legend style in every figure.
-        2
+        // 2: one legend style in every figure. 3: accuracy columns of a history in a panel of
+        // their own.
+        3
     }
 
     fn about(&self) -> &'static str {
@@ -725,6 +795,9 @@ impl Stage for PlotStage {
                         curves.x_name,
                         if curves.lr.is_some() {
                             ", and the learning rate the schedule set"
+                        } else if !curves.accuracies.is_empty() {
+                            "; right: the discriminator's accuracy on real and generated volumes \
+                             (running mean over a fiftieth of the run; 0.5 is chance)"
                         } else {
                             ""
                         }

@@ -98,7 +98,8 @@ impl Stage for PredictStage {
     fn version(&self) -> u32 {
         // 2: writes scores.json and logits.nii.gz.
         // 3: the network's convolutions and BatchNorm as transunet_train version 3 computes them.
-        3
+        // 4: the CPU convolutions' products as transunet_train version 4 computes them.
+        4
     }
 
     fn about(&self) -> &'static str {

@@ -45,7 +45,9 @@ impl Stage for PseudoMaskStage {
 
     fn version(&self) -> u32 {
         // 3: writes scores.json.
-        3
+        // 4: the generator's CPU operations on the host (gan_train version 3): another
+        //    summation order.
+        4
     }
 
     fn about(&self) -> &'static str {

@@ -231,7 +231,8 @@ impl Stage for TransUNetTrainStage {
         // 2: transunet.json records `fitted_on`.
         // 3: convolutions by our unfold (columns ordered as the weight) and, on cubecl backends,
         //    the fused BatchNorm + ReLU: the same network, summed in a different order.
-        3
+        // 4: the CPU convolutions' products on the `gemm` crate (another summation order).
+        4
     }
 
     fn about(&self) -> &'static str {

@@ -105,42 +105,6 @@ fn parse(template: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn names(t: &str) -> Vec<String> {
-        parse(t)
-            .unwrap()
-            .into_iter()
-            .map(|p| match p {
-                Piece::Text(t) => format!("T:{t}"),
-                Piece::Out => "out".into(),
-                Piece::Work => "work".into(),
-                Piece::Item => "item".into(),
-                Piece::ItemAttr(a) => format!("item.{a}"),
-                Piece::In(s) => format!("in.{s}"),
-                Piece::InList(s) => format!("inlist.{s}"),
-            })
-            .filter(|s| s != "T:")
-            .collect()
-    }
-
-    #[test]
-    fn placeholders_and_literal_braces() {
-        assert_eq!(
-            names("awk '{ print $1 }' {in.a}/x > {out}/y"),
-            ["T:awk '{ print $1 }' ", "in.a", "T:/x > ", "out", "T:/y"]
-        );
-        assert_eq!(names("echo {{item}}"), ["T:echo {item}"]);
-        assert!(
-            parse("echo {otu}")
-                .unwrap_err()
-                .contains("unknown placeholder `{otu}`")
-        );
-    }
-}
-
 /// Length of the path written right after `{in.STAGE}` (`/row.csv` in `{in.s}/row.csv;`): it
 /// ends at the first character that cannot be part of a plain path.
 fn path_suffix_len(t: &str) -> usize {
@@ -330,5 +294,41 @@ impl Stage for ExecStage {
         } else {
             Err(format!("command exited with {status}").into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(t: &str) -> Vec<String> {
+        parse(t)
+            .unwrap()
+            .into_iter()
+            .map(|p| match p {
+                Piece::Text(t) => format!("T:{t}"),
+                Piece::Out => "out".into(),
+                Piece::Work => "work".into(),
+                Piece::Item => "item".into(),
+                Piece::ItemAttr(a) => format!("item.{a}"),
+                Piece::In(s) => format!("in.{s}"),
+                Piece::InList(s) => format!("inlist.{s}"),
+            })
+            .filter(|s| s != "T:")
+            .collect()
+    }
+
+    #[test]
+    fn placeholders_and_literal_braces() {
+        assert_eq!(
+            names("awk '{ print $1 }' {in.a}/x > {out}/y"),
+            ["T:awk '{ print $1 }' ", "in.a", "T:/x > ", "out", "T:/y"]
+        );
+        assert_eq!(names("echo {{item}}"), ["T:echo {item}"]);
+        assert!(
+            parse("echo {otu}")
+                .unwrap_err()
+                .contains("unknown placeholder `{otu}`")
+        );
     }
 }
