@@ -65,7 +65,12 @@ fn demo_chain_evaluates_on_held_out_items_plots_and_reports() {
     // The naive baseline's counts, recounted from the exported files with the rule written out.
     let out = s.run(&with(&["export", "demo.yaml", "evaluation", "eval"], &[]));
     assert!(out.status.success(), "{}", stderr(&out));
-    for (stage, dest) in [("naive", "naive"), ("gan_crops", "crops")] {
+    for (stage, dest) in [
+        ("naive", "naive"),
+        ("gan_crops", "crops"),
+        ("pseudo", "pseudo"),
+        ("curve", "curve"),
+    ] {
         let out = s.run(&with(&["export", "demo.yaml", stage, dest], &[]));
         assert!(out.status.success(), "{}", stderr(&out));
     }
@@ -112,8 +117,16 @@ fn demo_chain_evaluates_on_held_out_items_plots_and_reports() {
         .collect();
     assert_eq!(
         methods,
-        ["prediction", "pseudo", "naive", "prediction_supervised"]
+        [
+            "prediction",
+            "pseudo",
+            "naive",
+            "naive_tuned",
+            "prediction_supervised"
+        ]
     );
+
+    check_curve(s.path());
 
     // An item that trained the networks is refused as an evaluation item.
     let out = s.run(&with(
@@ -169,6 +182,28 @@ fn demo_chain_evaluates_on_held_out_items_plots_and_reports() {
     );
 
     check_in_browser(&report);
+}
+
+/// The learning curve: the CT intensity, then the untrained and the trained generator (a
+/// snapshot every 50 iterations, the first and the last: 0 and 2 here), and the last point is
+/// the pseudo_mask stage's own judgement of the trained generator.
+fn check_curve(dir: &Path) {
+    let read = |p: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(p)).unwrap()).unwrap()
+    };
+    let curve = read("curve/curve.json");
+    let points = curve.as_array().unwrap();
+    let at: Vec<Option<u64>> = points.iter().map(|p| p["iteration"].as_u64()).collect();
+    assert_eq!(at, [None, Some(0), Some(2)], "{curve}");
+    assert_eq!(points[0]["score"], "CT intensity");
+    let quality = read("pseudo/quality.json");
+    let judged = quality["holdout"]["roc_auc"].as_f64().unwrap();
+    let last = points[2]["pooled_auc"].as_f64().unwrap();
+    assert!((judged - last).abs() < 1e-9, "{judged} vs {last}");
+    let study = |v: &serde_json::Value| v.as_f64().unwrap();
+    assert!((study(&points[2]["study_auc"]) - study(&quality["holdout_study_auc"])).abs() < 1e-9);
+    let csv = std::fs::read_to_string(dir.join("curve/curve.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + points.len(), "{csv}");
 }
 
 /// Chromium, when this machine has it. `COVFLOW_TEST_BROWSER=1` (CI) makes its absence a

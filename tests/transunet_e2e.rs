@@ -61,9 +61,12 @@ fn checkpoint_epoch(cache: &Path) -> Option<u64> {
         .max()
 }
 
+/// `name` from the TransUNet training's output (beside its transunet.json: the GAN writes a
+/// history.json of its own).
 fn file(cache: PathBuf, name: &str) -> Vec<u8> {
-    std::fs::read(find_file(cache.join("objects"), name).unwrap_or_else(|| panic!("no {name}")))
-        .unwrap()
+    let info = find_file(cache.join("objects"), "transunet.json").expect("no transunet.json");
+    let path = info.with_file_name(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]

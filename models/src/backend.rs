@@ -110,7 +110,7 @@ pub trait ModelBackend: Backend {
         g: Conv3dGeometry,
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
-        crate::gan_ops::host_conv3d::<Self>(x, weight, bias, g, slope)
+        crate::gan_ops::host_forward::<Self, _>(x, weight, bias, g, slope)
     }
 
     /// `[dx, dW, db]` of [`ModelBackend::gan_conv3d`] for its output's gradient, each only where
@@ -124,7 +124,7 @@ pub trait ModelBackend: Backend {
         need: [bool; 3],
         activated: Activated<Self>,
     ) -> [Option<FloatTensor<Self>>; 3] {
-        crate::gan_ops::host_conv3d_backward::<Self>(x, weight, grad, g, need, activated)
+        crate::gan_ops::host_backward::<Self, _>(x, weight, grad, g, need, activated)
     }
 
     /// The generator's ×2 transposed convolution (see [`crate::host_up2x`]), then the
@@ -136,7 +136,7 @@ pub trait ModelBackend: Backend {
         g: Up2xGeometry,
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
-        crate::gan_ops::host_up2x::<Self>(x, weight, bias, g, slope)
+        crate::gan_ops::host_forward::<Self, _>(x, weight, bias, g, slope)
     }
 
     /// `[dx, dW, db]` of [`ModelBackend::gan_up2x`], as [`ModelBackend::gan_conv3d_backward`].
@@ -149,7 +149,7 @@ pub trait ModelBackend: Backend {
         need: [bool; 3],
         activated: Activated<Self>,
     ) -> [Option<FloatTensor<Self>>; 3] {
-        crate::gan_ops::host_up2x_backward::<Self>(x, weight, grad, g, need, activated)
+        crate::gan_ops::host_backward::<Self, _>(x, weight, grad, g, need, activated)
     }
 
     /// Fractal Perlin noise fields, one per `(table, fractal)`, as `[fields, rows, cols]` on

@@ -166,90 +166,116 @@ fn before_activation<'a, B: ModelBackend>(
     std::borrow::Cow::Owned(out)
 }
 
-/// [`ModelBackend::gan_conv3d`] on the host.
-pub(crate) fn host_conv3d<B: ModelBackend>(
+/// The host computation of one geometry of operation `(x, weight, bias) → y`.
+pub(crate) trait HostOp: Copy {
+    /// `[x, weight, bias, y]` shapes.
+    fn shapes(&self) -> [Vec<usize>; 4];
+
+    fn forward(&self, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32>;
+
+    /// `[dx, dW, db]` for the output's gradient, each only where `need` asks.
+    fn backward(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        grad: &[f32],
+        need: [bool; 3],
+    ) -> [Option<Vec<f32>>; 3];
+}
+
+impl HostOp for Conv3dGeometry {
+    fn shapes(&self) -> [Vec<usize>; 4] {
+        [
+            self.input.to_vec(),
+            self.weight_shape().to_vec(),
+            vec![self.out_channels],
+            self.output_shape().to_vec(),
+        ]
+    }
+
+    fn forward(&self, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+        crate::host_conv3d::conv3d_forward(x, weight, Some(bias), *self)
+    }
+
+    fn backward(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        grad: &[f32],
+        need: [bool; 3],
+    ) -> [Option<Vec<f32>>; 3] {
+        use crate::host_conv3d::{conv3d_bias_grad, conv3d_input_grad, conv3d_weight_grad};
+        [
+            need[0].then(|| conv3d_input_grad(grad, weight, *self)),
+            need[1].then(|| conv3d_weight_grad(x, grad, *self)),
+            need[2].then(|| conv3d_bias_grad(grad, *self)),
+        ]
+    }
+}
+
+impl HostOp for Up2xGeometry {
+    fn shapes(&self) -> [Vec<usize>; 4] {
+        [
+            self.input.to_vec(),
+            self.weight_shape().to_vec(),
+            vec![self.out_channels],
+            self.output_shape().to_vec(),
+        ]
+    }
+
+    fn forward(&self, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+        crate::host_up2x::up2x_forward(x, weight, Some(bias), *self)
+    }
+
+    fn backward(
+        &self,
+        x: &[f32],
+        weight: &[f32],
+        grad: &[f32],
+        need: [bool; 3],
+    ) -> [Option<Vec<f32>>; 3] {
+        let (dx, dw, db) = crate::host_up2x::up2x_backward(x, weight, grad, *self, need[0]);
+        [dx, need[1].then_some(dw), need[2].then_some(db)]
+    }
+}
+
+/// A [`HostOp`] forward and its activation, on backend `B`'s tensors.
+pub(crate) fn host_forward<B: ModelBackend, G: HostOp>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     bias: FloatTensor<B>,
-    g: Conv3dGeometry,
+    g: G,
     slope: Option<f32>,
 ) -> FloatTensor<B> {
     let device = B::float_device(&x);
-    let mut y = crate::host_conv3d::conv3d_forward(
+    let mut y = g.forward(
         &B::host_read(&x),
         &B::host_read(&weight),
-        Some(&B::host_read(&bias)),
-        g,
+        &B::host_read(&bias),
     );
     activate(&mut y, slope);
-    B::float_from_data(TensorData::new(y, g.output_shape()), &device)
+    let [.., shape] = g.shapes();
+    B::float_from_data(TensorData::new(y, shape), &device)
 }
 
-/// [`ModelBackend::gan_conv3d_backward`] on the host.
-pub(crate) fn host_conv3d_backward<B: ModelBackend>(
+/// A [`HostOp`]'s gradients through its activation, on backend `B`'s tensors.
+pub(crate) fn host_backward<B: ModelBackend, G: HostOp>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     grad: FloatTensor<B>,
-    g: Conv3dGeometry,
-    need: [bool; 3],
-    activated: Activated<B>,
-) -> [Option<FloatTensor<B>>; 3] {
-    use crate::host_conv3d::{conv3d_bias_grad, conv3d_input_grad, conv3d_weight_grad};
-    let device = B::float_device(&x);
-    let back = |v: Vec<f32>, shape: &[usize]| {
-        B::float_from_data(TensorData::new(v, shape.to_vec()), &device)
-    };
-    let gv = before_activation::<B>(&grad, &activated);
-    let dx = need[0].then(|| conv3d_input_grad(&gv, &B::host_read(&weight), g));
-    let dw = need[1].then(|| conv3d_weight_grad(&B::host_read(&x), &gv, g));
-    let db = need[2].then(|| conv3d_bias_grad(&gv, g));
-    [
-        dx.map(|v| back(v, &g.input)),
-        dw.map(|v| back(v, &g.weight_shape())),
-        db.map(|v| back(v, &[g.out_channels])),
-    ]
-}
-
-/// [`ModelBackend::gan_up2x`] on the host.
-pub(crate) fn host_up2x<B: ModelBackend>(
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    bias: FloatTensor<B>,
-    g: Up2xGeometry,
-    slope: Option<f32>,
-) -> FloatTensor<B> {
-    let device = B::float_device(&x);
-    let mut y = crate::host_up2x::up2x_forward(
-        &B::host_read(&x),
-        &B::host_read(&weight),
-        Some(&B::host_read(&bias)),
-        g,
-    );
-    activate(&mut y, slope);
-    B::float_from_data(TensorData::new(y, g.output_shape()), &device)
-}
-
-/// [`ModelBackend::gan_up2x_backward`] on the host.
-pub(crate) fn host_up2x_backward<B: ModelBackend>(
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    grad: FloatTensor<B>,
-    g: Up2xGeometry,
+    g: G,
     need: [bool; 3],
     activated: Activated<B>,
 ) -> [Option<FloatTensor<B>>; 3] {
     let device = B::float_device(&x);
-    let back = |v: Vec<f32>, shape: &[usize]| {
-        B::float_from_data(TensorData::new(v, shape.to_vec()), &device)
-    };
     let gv = before_activation::<B>(&grad, &activated);
-    let (dx, dw, db) =
-        crate::host_up2x::up2x_backward(&B::host_read(&x), &B::host_read(&weight), &gv, g, need[0]);
-    [
-        dx.map(|v| back(v, &g.input)),
-        need[1].then(|| back(dw, &g.weight_shape())),
-        need[2].then(|| back(db, &[g.out_channels])),
-    ]
+    let results = g.backward(&B::host_read(&x), &B::host_read(&weight), &gv, need);
+    let [xs, ws, bs, _] = g.shapes();
+    let mut shapes = [xs, ws, bs].into_iter();
+    results.map(|r| {
+        let shape = shapes.next().expect("three shapes");
+        r.map(|v| B::float_from_data(TensorData::new(v, shape), &device))
+    })
 }
 
 /// A three-parent operation `(x, weight, bias) → y` of geometry `Geometry`, with its forward

@@ -41,34 +41,82 @@ pub fn conv_for(device: Device) -> ConvImpl {
     }
 }
 
-/// Trains `recipe` on `data` to its last iteration, resuming from the checkpoint in
-/// `checkpoint` when there is one and writing one every `every` iterations (and when
-/// `on_step` returns `false`, which stops the training). Writes the generator's weights to
-/// `weights`.
+/// Where a training keeps its files.
+#[derive(Clone, Copy, Debug)]
+pub struct GanFiles<'a> {
+    /// The checkpoint folder: resumed from when it holds one, rewritten every
+    /// `checkpoint_every` iterations.
+    pub checkpoint: &'a Path,
+    /// Iterations between checkpoints.
+    pub checkpoint_every: usize,
+    /// Where the trained generator's weights go.
+    pub weights: &'a Path,
+    /// A folder for the generator's weights every so many iterations, before the first and
+    /// after the last ([`snapshot_iterations`]), as `iteration-NNNNNN.bin`: the learning
+    /// curve's points. Files written before a kill are the ones the resumed run would write
+    /// again.
+    pub snapshots: Option<(&'a Path, usize)>,
+}
+
+/// The iterations a training of `iterations` snapshots when it does so every `every`: 0, the
+/// multiples of `every`, and the last, so that a curve always ends at the trained generator.
+pub fn snapshot_iterations(iterations: usize, every: usize) -> Vec<usize> {
+    let every = every.max(1);
+    (0..=iterations)
+        .filter(|i| i.is_multiple_of(every) || *i == iterations)
+        .collect()
+}
+
+/// The file name (without burn's `.bin`) of the snapshot after `iteration` iterations.
+pub fn snapshot_name(iteration: usize) -> String {
+    format!("iteration-{iteration:06}")
+}
+
+/// Trains `recipe` on `data` to its last iteration, resuming from the checkpoint in `files`
+/// when there is one, writing checkpoints and snapshots as `files` says (and a checkpoint when
+/// `on_step` returns `false`, which stops the training), and the generator's weights at the
+/// end.
 pub fn train_gan(
     device: Device,
     recipe: &GanRecipe,
     data: &GanData,
-    checkpoint: &Path,
-    every: usize,
-    weights: &Path,
+    files: GanFiles<'_>,
     on_step: &mut dyn FnMut(&GanLosses) -> bool,
 ) -> Result<GanOutcome, GanError> {
     let outcome = on_autodiff_backend!(device, B => {
         let mut t = GanTrainer::<B>::new(recipe.clone(), Default::default());
-        t.resume(checkpoint)?;
+        t.resume(files.checkpoint)?;
         let resumed_from = t.iteration;
+        let snapshot = |t: &GanTrainer<B>| -> Result<(), CheckpointError> {
+            match files.snapshots {
+                Some((dir, every))
+                    if t.iteration.is_multiple_of(every.max(1))
+                        || t.iteration == recipe.iterations =>
+                {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| CheckpointError::io(dir, e))?;
+                    save_generator(&t.inference_generator(), &dir.join(snapshot_name(t.iteration)))
+                }
+                _ => Ok(()),
+            }
+        };
+        if resumed_from == 0 {
+            snapshot(&t)?;
+        }
         while t.iteration < recipe.iterations {
             let losses = t.step(data);
             let stop = !on_step(&losses);
-            if stop || t.iteration.is_multiple_of(every.max(1)) || t.iteration == recipe.iterations {
-                t.save_checkpoint(checkpoint)?;
+            let every = files.checkpoint_every.max(1);
+            if stop || t.iteration.is_multiple_of(every) || t.iteration == recipe.iterations {
+                t.save_checkpoint(files.checkpoint)?;
             }
+            // Before a stop, so that a resumed run never skips a snapshot.
+            snapshot(&t)?;
             if stop {
                 return Err(GanError::Cancelled(t.iteration));
             }
         }
-        save_generator(&t.inference_generator(), weights)?;
+        save_generator(&t.inference_generator(), files.weights)?;
         GanOutcome { resumed_from, history: t.history }
     })?;
     Ok(outcome)

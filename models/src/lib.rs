@@ -45,7 +45,10 @@ pub use export::{WeightsError, load_transunet_safetensors, save_transunet_safete
 pub use fused_adam::FusedAdam;
 pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d, max_pool3d_plain};
 pub use gan_ops::{Activation, Conv3dGeometry, Up2xGeometry, conv3d, up2x};
-pub use gan_run::{GanError, GanOutcome, conv_for, heal_volumes, train_gan};
+pub use gan_run::{
+    GanError, GanFiles, GanOutcome, conv_for, heal_volumes, snapshot_iterations, snapshot_name,
+    train_gan,
+};
 pub use gan_train::{
     CheckpointError, GanData, GanLosses, GanRecipe, GanSample, GanTrainer, NoiseAugment, NoisePlan,
     add_noise, generator_config, heal, load_generator, plan_noise, save_generator,

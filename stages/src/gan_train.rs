@@ -8,10 +8,14 @@
 //!   with: {iterations: 200, width: 0.25, holdout: [study_0006, study_0007]}
 //! ```
 
+use std::path::Path;
 use std::time::Instant;
 
 use covflow_engine::{ParamError, Stage, StageDecl, StageError, TaskContext};
-use covflow_models::{GanData, GanRecipe, GanSample, NoiseAugment, conv_for, train_gan};
+use covflow_models::{
+    GanData, GanFiles, GanRecipe, GanSample, NoiseAugment, conv_for, snapshot_iterations,
+    snapshot_name, train_gan,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::masks::{Crop, infected_categories, read_crop, unknown_items, write};
@@ -24,6 +28,8 @@ pub struct GanTrainStage;
 pub const WEIGHTS: &str = "generator";
 /// The recipe, grid and split of a training (`GanInfo`).
 pub const INFO: &str = "gan.json";
+/// The folder of the generator's snapshots (`iteration-NNNNNN.bin`).
+pub const SNAPSHOTS: &str = "snapshots";
 
 /// The `with:` of a `gan_train` stage.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
@@ -62,6 +68,11 @@ pub struct GanTrainParams {
     /// Iterations between checkpoints.
     #[serde(default = "checkpoint_every")]
     pub checkpoint_every: usize,
+    /// Iterations between snapshots of the generator under snapshots/ (and one before the
+    /// first iteration and one after the last), the points of a gan_curve stage's learning
+    /// curve; 0: none.
+    #[serde(default)]
+    pub snapshot_every: usize,
 }
 
 fn healthy() -> Vec<String> {
@@ -125,9 +136,10 @@ impl Stage for GanTrainStage {
          infected ones pushed toward healthy. Items in `holdout` are never trained on. \
          Checkpoints every `checkpoint_every` iterations in the task's work directory; a killed \
          training resumes from the last one. Writes generator.bin, gan.json (recipe, grid, \
-         split) and history.csv/json (losses, and the discriminator's accuracy on real and \
-         generated volumes). Reads one crop-like stage (`needs`); every axis \
-         of its grid must be a multiple of 16 and at least 32."
+         split), snapshots/iteration-NNNNNN.bin every `snapshot_every` iterations, before the \
+         first and after the last (for gan_curve) and history.csv/json (losses, and the \
+         discriminator's accuracy on real and generated volumes). Reads one crop-like stage \
+         (`needs`); every axis of its grid must be a multiple of 16 and at least 32."
     }
 
     fn check(&self, p: &GanTrainParams, decl: &StageDecl) -> Result<(), ParamError> {
@@ -231,13 +243,18 @@ impl Stage for GanTrainStage {
         let start = Instant::now();
         let report_every = (p.iterations / 20).max(1);
         let mut first = None;
+        let snapshots = ctx.work_dir.join(SNAPSHOTS);
+        let files = GanFiles {
+            checkpoint: &ctx.work_dir.join("checkpoint"),
+            checkpoint_every: p.checkpoint_every,
+            weights: &ctx.out_dir.join(WEIGHTS),
+            snapshots: (p.snapshot_every > 0).then_some((snapshots.as_path(), p.snapshot_every)),
+        };
         let outcome = train_gan(
             kernel_device(ctx.device),
             &info.recipe,
             &data,
-            &ctx.work_dir.join("checkpoint"),
-            p.checkpoint_every,
-            &ctx.out_dir.join(WEIGHTS),
+            files,
             &mut |l| {
                 let done_here = first.get_or_insert_with(|| {
                     // Said at once, so a long run's log shows it was resumed.
@@ -268,6 +285,9 @@ impl Stage for GanTrainStage {
         )?;
         // Only the log says it resumed: the artifact equals the uninterrupted run's.
         debug_assert!(outcome.history.len() == p.iterations);
+        if p.snapshot_every > 0 {
+            copy_snapshots(&snapshots, &ctx.out_dir.join(SNAPSHOTS), p)?;
+        }
         let mut csv = String::from(
             "iteration,reconstruction,discriminator,adversarial,accuracy_real,accuracy_generated\n",
         );
@@ -290,4 +310,16 @@ impl Stage for GanTrainStage {
         write(&ctx.out_dir.join(INFO), &serde_json::to_vec_pretty(&info)?)?;
         Ok(())
     }
+}
+
+/// Copies the snapshots this training's schedule makes (a folder left by an earlier schedule
+/// may hold others) from the work directory to the output.
+fn copy_snapshots(from: &Path, to: &Path, p: &GanTrainParams) -> Result<(), StageError> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for iteration in snapshot_iterations(p.iterations, p.snapshot_every) {
+        let name = format!("{}.bin", snapshot_name(iteration));
+        std::fs::copy(from.join(&name), to.join(&name))
+            .map_err(|e| format!("{}: {e}", from.join(&name).display()))?;
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 pub mod crop;
 pub mod datasets;
 pub mod evaluate;
+pub mod gan_curve;
 pub mod gan_train;
 pub mod lung_mask;
 pub mod masks;
@@ -32,6 +33,7 @@ pub fn register(registry: &mut Registry) {
     registry.add_stage(crop::CropStage);
     registry.add_stage(gan_train::GanTrainStage);
     registry.add_stage(pseudo_mask::PseudoMaskStage);
+    registry.add_stage(gan_curve::GanCurveStage);
     registry.add_stage(naive_mask::NaiveMaskStage);
     registry.add_stage(transunet_train::TransUNetTrainStage);
     registry.add_stage(predict::PredictStage);

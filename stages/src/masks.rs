@@ -297,6 +297,12 @@ pub struct Quality {
     /// above [`DENSE_HU`]: vessels, airway walls): whether the score tells a lesion from the
     /// structures an intensity threshold mistakes for one. 0.5 is chance.
     pub holdout_dense: Option<Separation>,
+    /// The held-out items' ROC AUCs, each within its own study, averaged: pooling rewards a
+    /// score that ranks whole studies by their brightness, this does not.
+    pub holdout_study_auc: Option<f64>,
+    /// The held-out items' lesion-against-dense-tissue AUCs, each within its own study,
+    /// averaged: does the score tell a study's lesions from that study's own vessels.
+    pub holdout_study_dense_auc: Option<f64>,
 }
 
 /// Lung voxels at or above this are dense (vessels, airway walls, lesions): the naive baseline's
@@ -309,6 +315,7 @@ impl Quality {
         let mut q = Quality::default();
         let (mut pooled_holdout, mut pooled_all) = (Vec::new(), Vec::new());
         let mut pooled_dense = Vec::new();
+        let (mut study_auc, mut study_dense_auc) = (Vec::new(), Vec::new());
         for (crop, score) in crops.iter().zip(scores) {
             let Some(lesion) = &crop.lesion else { continue };
             let dense = crop.units.from_hu(DENSE_HU);
@@ -323,6 +330,8 @@ impl Quality {
             }
             if holdout.contains(&crop.id) {
                 pooled_holdout.extend_from_slice(&pairs);
+                study_auc.extend(separation(pairs.clone()).roc_auc);
+                study_dense_auc.extend(separation(dense_pairs.clone()).roc_auc);
                 pooled_dense.extend(dense_pairs);
                 q.holdout_items.push(crop.id.clone());
             }
@@ -332,6 +341,8 @@ impl Quality {
         q.holdout = (!pooled_holdout.is_empty()).then(|| separation(pooled_holdout));
         q.all = (!pooled_all.is_empty()).then(|| separation(pooled_all));
         q.holdout_dense = (!pooled_dense.is_empty()).then(|| separation(pooled_dense));
+        q.holdout_study_auc = mean(&study_auc);
+        q.holdout_study_dense_auc = mean(&study_dense_auc);
         q
     }
 
@@ -341,12 +352,16 @@ impl Quality {
             Some(a) => format!("{a:.3}"),
             None => "n/a".into(),
         };
+        let within = |a: Option<f64>| a.map_or("n/a".into(), |a| format!("{a:.3}"));
         match &self.holdout {
             Some(h) => format!(
-                "held-out ROC AUC {}, best Dice {:.3}; lesions against dense tissue AUC {}",
+                "held-out ROC AUC {} (per study {}), best Dice {:.3}; lesions against dense \
+                 tissue AUC {} (per study {})",
                 auc(&self.holdout),
+                within(self.holdout_study_auc),
                 h.best_dice,
-                auc(&self.holdout_dense)
+                auc(&self.holdout_dense),
+                within(self.holdout_study_dense_auc)
             ),
             None => "no held-out item with a lesion mask".into(),
         }
@@ -356,6 +371,47 @@ impl Quality {
     pub fn write(&self, out: &Path) -> Result<(), StageError> {
         write(&out.join("quality.json"), &serde_json::to_vec_pretty(self)?)
     }
+}
+
+/// The CT itself as a voxel score: its value inside the lung, 0 outside (the naive baseline's
+/// score, and the yardstick every learned score must beat).
+pub fn lung_intensity(crop: &Crop) -> Vec<f32> {
+    crop.ct
+        .iter()
+        .zip(&crop.lung)
+        .map(|(v, l)| if *l > 0.5 { *v } else { 0.0 })
+        .collect()
+}
+
+/// The mean Dice of `score` over `crop`'s scored slices by the evaluation's rule (inside the
+/// lung, `score > threshold · the slice's maximum`; a slice is scored when its lesion covers
+/// more than 1 % of it); `None` without a lesion mask or a scored slice.
+pub fn slice_dice(
+    kernels: &covflow_kernels::Kernels,
+    crop: &Crop,
+    score: &[f32],
+    threshold: f32,
+) -> Option<f64> {
+    let lesion = crop.lesion.as_ref()?;
+    let inside: Vec<f32> = score
+        .iter()
+        .zip(&crop.lung)
+        .map(|(s, l)| if *l > 0.5 { *s } else { f32::MIN })
+        .collect();
+    let counts = covflow_imaging::metrics::slice_counts(
+        kernels, &inside, lesion, &crop.lung, crop.shape, threshold,
+    );
+    let dice: Vec<f64> = counts
+        .iter()
+        .filter(|c| c.scored())
+        .map(|c| c.dice())
+        .collect();
+    mean(&dice)
+}
+
+/// The mean of `values`, `None` when there are none.
+fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
 /// Writes a file, naming it when that fails.
@@ -373,36 +429,45 @@ pub fn unknown_items<'a>(listed: &'a [String], crops: &[Crop]) -> Vec<&'a str> {
         .collect()
 }
 
+/// A one-row crop in HU (`study_0001`, CT-1) for tests.
+#[cfg(test)]
+pub(crate) fn test_crop(ct: Vec<f32>, lung: Vec<f32>, lesion: Vec<f32>) -> Crop {
+    let shape = [1, 1, ct.len()];
+    Crop {
+        id: "study_0001".into(),
+        category: Some("CT-1".into()),
+        volume: Volume {
+            data: from_zyx(ct.clone(), shape),
+            spacing: [1.0; 3],
+            affine: [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ],
+        },
+        ct,
+        lung,
+        lesion: Some(lesion),
+        shape,
+        units: CtUnits {
+            window: None,
+            orientation: None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A one-row crop in HU: parenchyma, a vessel, two lesion voxels, and air outside the lung.
     fn crop() -> Crop {
-        let ct = vec![-850.0, -850.0, 40.0, -600.0, -400.0, -1000.0];
-        let shape = [1, 1, ct.len()];
-        Crop {
-            id: "study_0001".into(),
-            category: Some("CT-1".into()),
-            volume: Volume {
-                data: from_zyx(ct.clone(), shape),
-                spacing: [1.0; 3],
-                affine: [
-                    [1.0, 0.0, 0.0, 0.0],
-                    [0.0, 1.0, 0.0, 0.0],
-                    [0.0, 0.0, 1.0, 0.0],
-                    [0.0, 0.0, 0.0, 1.0],
-                ],
-            },
-            ct,
-            lung: vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
-            lesion: Some(vec![0.0, 0.0, 0.0, 1.0, 1.0, 0.0]),
-            shape,
-            units: CtUnits {
-                window: None,
-                orientation: None,
-            },
-        }
+        test_crop(
+            vec![-850.0, -850.0, 40.0, -600.0, -400.0, -1000.0],
+            vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+            vec![0.0, 0.0, 0.0, 1.0, 1.0, 0.0],
+        )
     }
 
     #[test]
@@ -421,15 +486,37 @@ mod tests {
         let d = q.holdout_dense.unwrap();
         assert_eq!((d.positives, d.voxels), (2, 3), "lesions and the vessel");
         assert_eq!(d.roc_auc, Some(0.0));
+        assert_eq!(
+            q.holdout_study_auc,
+            Some(4.0 / 6.0),
+            "one study: its own AUC"
+        );
+        assert_eq!(q.holdout_study_dense_auc, Some(0.0));
         // A score that is high on lesions only separates both ways.
         let lesion_only = c.lesion.clone().unwrap();
-        let q = Quality::judge(&[crop()], &[lesion_only], std::slice::from_ref(&c.id));
+        let q = Quality::judge(
+            &[crop()],
+            std::slice::from_ref(&lesion_only),
+            std::slice::from_ref(&c.id),
+        );
         assert_eq!(q.holdout_dense.unwrap().roc_auc, Some(1.0));
         assert!(
             q.summary().contains("dense tissue AUC 1.000"),
             "{}",
             q.summary()
         );
+        // Two studies, each perfectly ranked within itself, but the second one's lesions are
+        // dimmer than the first one's parenchyma: pooled AUC falls, per-study AUC does not.
+        let mut dim = crop();
+        dim.id = "dim".into();
+        let dim_score: Vec<f32> = lesion_only.iter().map(|v| v - 2.0).collect();
+        let q = Quality::judge(
+            &[crop(), dim],
+            &[lesion_only.clone(), dim_score],
+            &[c.id.clone(), "dim".into()],
+        );
+        assert!(q.holdout.unwrap().roc_auc.unwrap() < 1.0);
+        assert_eq!(q.holdout_study_auc, Some(1.0));
         // Not held out: pooled in `all` only.
         let q = Quality::judge(&[crop()], std::slice::from_ref(&c.ct), &[]);
         assert!(q.holdout.is_none() && q.holdout_dense.is_none() && q.all.is_some());
