@@ -171,6 +171,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
                 seed: 0,
                 noise: Default::default(),
                 conv: conv.into(),
+                change_weight: 0.0,
+                leaky_output: false,
             };
             let shape = [grid[0], grid[1], grid[2]];
             let report = covflow_models::bench::gan(device, &recipe, shape, steps)?;

@@ -9,7 +9,7 @@
 //! convolutions with kernels 1, 3 and 5 whose outputs are concatenated. The decoder is
 //! transposed convolutions (kernel 2, stride 2) of 256/128/64/32 filters, each followed by the
 //! encoder level's output of the same size (skip connection); a 1 × 1 × 1 convolution and ReLU
-//! make the output.
+//! make the output (LeakyReLU with [`GeneratorConfig::leaky_output`]).
 //!
 //! The original Keras code is not public; this is our reading of its description. At the
 //! reference configuration it has 7 876 362 parameters against the 7 861 643 a PyTorch port of
@@ -46,6 +46,11 @@ pub struct GeneratorConfig {
     /// How the convolutions compute: im2col on the CPU, burn's kernels on GPUs.
     #[config(default = "ConvImpl::Im2col")]
     pub conv: ConvImpl,
+    /// The output's activation: ReLU (false, the original) or LeakyReLU of `leaky_slope`. Once
+    /// the adversary drives a ReLU output below zero everywhere, no loss has a gradient left to
+    /// bring it back: the twin stays black and the pseudo-mask is the scan itself.
+    #[config(default = false)]
+    pub leaky_output: bool,
 }
 
 impl GeneratorConfig {
@@ -97,6 +102,11 @@ impl GeneratorConfig {
             out: conv(c, 1, 1),
             noise_channels: self.noise_channels,
             slope: self.leaky_slope,
+            output_slope: if self.leaky_output {
+                self.leaky_slope
+            } else {
+                0.0
+            },
         }
     }
 }
@@ -136,6 +146,8 @@ pub struct Generator<B: Backend> {
     out: Conv3dLayer<B>,
     noise_channels: usize,
     slope: f64,
+    /// The output activation's negative slope (0: ReLU).
+    output_slope: f64,
 }
 
 impl<B: ModelBackend> Generator<B> {
@@ -172,7 +184,12 @@ impl<B: ModelBackend> Generator<B> {
         for (up, skip) in self.up.iter().zip(skips.into_iter().rev()) {
             x = Tensor::cat(vec![up.forward_activated(x, act), skip], 1);
         }
-        self.out.forward_activated(x, Activation::Relu)
+        let out = if self.output_slope > 0.0 {
+            Activation::Leaky(self.output_slope)
+        } else {
+            Activation::Relu
+        };
+        self.out.forward_activated(x, out)
     }
 }
 

@@ -16,6 +16,7 @@ mod dropout;
 mod export;
 mod fused_adam;
 mod gan;
+mod gan_noise;
 mod gan_ops;
 mod gan_run;
 mod gan_train;
@@ -26,6 +27,7 @@ mod host_conv3d;
 mod host_pool3d;
 mod host_up2x;
 mod losses;
+mod seeded_init;
 mod seg_run;
 mod seg_train;
 mod train;
@@ -44,14 +46,15 @@ pub use dropout::{dropout, with_seeded_dropout};
 pub use export::{WeightsError, load_transunet_safetensors, save_transunet_safetensors};
 pub use fused_adam::FusedAdam;
 pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d, max_pool3d_plain};
+pub use gan_noise::{NoiseAugment, NoisePlan, add_noise, plan_noise};
 pub use gan_ops::{Activation, Conv3dGeometry, Up2xGeometry, conv3d, up2x};
 pub use gan_run::{
     GanError, GanFiles, GanOutcome, conv_for, heal_volumes, snapshot_iterations, snapshot_name,
     train_gan,
 };
 pub use gan_train::{
-    CheckpointError, GanData, GanLosses, GanRecipe, GanSample, GanTrainer, NoiseAugment, NoisePlan,
-    add_noise, generator_config, heal, load_generator, plan_noise, save_generator,
+    CheckpointError, GanData, GanLosses, GanRecipe, GanSample, GanTrainer, generator_config, heal,
+    load_generator, save_generator,
 };
 pub use generator::{Generator, GeneratorConfig};
 pub use losses::{contrastive, mse, mse_and_sensitivity, sensitivity_bce};

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, CheckpointReader, CheckpointWriter};
 use crate::dropout::with_seeded_dropout;
-use crate::gan_train::SeededInit;
+use crate::seeded_init::SeededInit;
 use crate::train::{LossConfig, SegmentationLearner};
 use crate::transunet::{TransUNet, TransUNetConfig};
 use crate::{FusedAdam, ModelBackend, mse, sensitivity_bce};

@@ -73,6 +73,14 @@ pub struct GanTrainParams {
     /// curve; 0: none.
     #[serde(default)]
     pub snapshot_every: usize,
+    /// Weight of the minimal-change term in the adversarial step (the mean absolute change
+    /// from an infected volume to its twin inside the lungs); 0: the original method.
+    #[serde(default)]
+    pub change_weight: f64,
+    /// LeakyReLU instead of ReLU at the generator's output, so a twin the adversary drove
+    /// below zero can come back.
+    #[serde(default)]
+    pub leaky_output: bool,
 }
 
 fn healthy() -> Vec<String> {
@@ -126,8 +134,8 @@ impl Stage for GanTrainStage {
         // 2: Adam is one fused kernel per tensor on GPU backends (rounding differs there; the CPU
         // path is unchanged). 3: the CPU's convolutions, transposed convolutions and pooling
         // are host operations (summation order changed); history gains the discriminator's
-        // accuracy.
-        3
+        // accuracy. 4: history gains the twins' mean change inside the lungs.
+        4
     }
 
     fn about(&self) -> &'static str {
@@ -138,8 +146,11 @@ impl Stage for GanTrainStage {
          training resumes from the last one. Writes generator.bin, gan.json (recipe, grid, \
          split), snapshots/iteration-NNNNNN.bin every `snapshot_every` iterations, before the \
          first and after the last (for gan_curve) and history.csv/json (losses, and the \
-         discriminator's accuracy on real and generated volumes). Reads one crop-like stage \
-         (`needs`); every axis of its grid must be a multiple of 16 and at least 32."
+         discriminator's accuracy on real and generated volumes, and the twins' mean change). \
+         Beyond the original: `change_weight` adds a minimal-change term to the adversarial \
+         step and `leaky_output` keeps the generator's output alive below zero. Reads one \
+         crop-like stage (`needs`); every axis of its grid must be a multiple of 16 and at \
+         least 32."
     }
 
     fn check(&self, p: &GanTrainParams, decl: &StageDecl) -> Result<(), ParamError> {
@@ -150,6 +161,7 @@ impl Stage for GanTrainStage {
         check_range("lr_discriminator", p.lr_discriminator, 1e-9..=1.0, "")?;
         check_range("noise_amplitude", p.noise_amplitude, 0.0..=10.0, "")?;
         check_range("checkpoint_every", p.checkpoint_every, 1..=10_000_000, "")?;
+        check_range("change_weight", p.change_weight, 0.0..=1000.0, "")?;
         if let Some(c) = p.healthy.iter().find(|c| p.infected.contains(c)) {
             return Err(ParamError::field(
                 "infected",
@@ -196,6 +208,8 @@ impl Stage for GanTrainStage {
                     ..NoiseAugment::default()
                 },
                 conv: conv_for(kernel_device(ctx.device)),
+                change_weight: p.change_weight,
+                leaky_output: p.leaky_output,
             },
             shape,
             healthy: Vec::new(),
@@ -289,17 +303,18 @@ impl Stage for GanTrainStage {
             copy_snapshots(&snapshots, &ctx.out_dir.join(SNAPSHOTS), p)?;
         }
         let mut csv = String::from(
-            "iteration,reconstruction,discriminator,adversarial,accuracy_real,accuracy_generated\n",
+            "iteration,reconstruction,discriminator,adversarial,accuracy_real,accuracy_generated,change\n",
         );
         for l in &outcome.history {
             csv += &format!(
-                "{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{}\n",
                 l.iteration,
                 l.reconstruction,
                 l.discriminator,
                 l.adversarial,
                 l.accuracy_real,
-                l.accuracy_generated
+                l.accuracy_generated,
+                l.change
             );
         }
         write(&ctx.out_dir.join("history.csv"), csv.as_bytes())?;
