@@ -75,7 +75,8 @@ impl Stage for GanCurveStage {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the generator's products summed in one order on every CPU (gan_train version 5).
+        2
     }
 
     fn about(&self) -> &'static str {

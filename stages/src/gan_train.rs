@@ -134,8 +134,9 @@ impl Stage for GanTrainStage {
         // 2: Adam is one fused kernel per tensor on GPU backends (rounding differs there; the CPU
         // path is unchanged). 3: the CPU's convolutions, transposed convolutions and pooling
         // are host operations (summation order changed); history gains the discriminator's
-        // accuracy. 4: history gains the twins' mean change inside the lungs.
-        4
+        // accuracy. 4: history gains the twins' mean change inside the lungs. 5: the CPU's
+        // products summed in one order on every CPU (stretches of K, no lane-width sums).
+        5
     }
 
     fn about(&self) -> &'static str {

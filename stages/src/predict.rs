@@ -99,7 +99,8 @@ impl Stage for PredictStage {
         // 2: writes scores.json and logits.nii.gz.
         // 3: the network's convolutions and BatchNorm as transunet_train version 3 computes them.
         // 4: the CPU convolutions' products as transunet_train version 4 computes them.
-        4
+        // 5: as transunet_train version 5 computes them.
+        5
     }
 
     fn about(&self) -> &'static str {

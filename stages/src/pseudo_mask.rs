@@ -47,7 +47,8 @@ impl Stage for PseudoMaskStage {
         // 3: writes scores.json.
         // 4: the generator's CPU operations on the host (gan_train version 3): another
         //    summation order.
-        4
+        // 5: products summed in one order on every CPU (gan_train version 5).
+        5
     }
 
     fn about(&self) -> &'static str {

@@ -232,7 +232,8 @@ impl Stage for TransUNetTrainStage {
         // 3: convolutions by our unfold (columns ordered as the weight) and, on cubecl backends,
         //    the fused BatchNorm + ReLU: the same network, summed in a different order.
         // 4: the CPU convolutions' products on the `gemm` crate (another summation order).
-        4
+        // 5: those products summed in one order on every CPU.
+        5
     }
 
     fn about(&self) -> &'static str {
