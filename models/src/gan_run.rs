@@ -145,3 +145,16 @@ pub fn heal_volumes(
     })?;
     Ok(twins)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_come_before_the_first_iteration_every_k_and_after_the_last() {
+        assert_eq!(snapshot_iterations(250, 100), [0, 100, 200, 250]);
+        assert_eq!(snapshot_iterations(200, 100), [0, 100, 200]);
+        assert_eq!(snapshot_iterations(2, 50), [0, 2]);
+        assert_eq!(snapshot_iterations(3, 0), [0, 1, 2, 3]);
+    }
+}
