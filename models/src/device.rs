@@ -16,17 +16,17 @@ macro_rules! on_autodiff_backend {
         match $device {
             Device::Cpu => {
                 type $B = burn::backend::Autodiff<burn::backend::NdArray>;
-                Ok($body)
+                Ok::<_, DeviceNotBuilt>($body)
             }
             Device::Wgpu => {
                 type $B = burn::backend::Autodiff<burn::backend::Wgpu>;
-                Ok($body)
+                Ok::<_, DeviceNotBuilt>($body)
             }
             Device::Cuda => {
                 #[cfg(feature = "cuda")]
                 {
                     type $B = burn::backend::Autodiff<burn::backend::Cuda>;
-                    Ok($body)
+                    Ok::<_, DeviceNotBuilt>($body)
                 }
                 #[cfg(not(feature = "cuda"))]
                 Err(DeviceNotBuilt(Device::Cuda))
