@@ -9,6 +9,7 @@ on noisy healthy volumes, the discriminator on real against generated, the adver
 It prints the parameter counts (compare with `covflow bench gan`) and seconds per iteration.
 
     python scripts/gan_ref.py --batch 2 --width 0.25 --grid 32 64 64 --steps 5 --threads 2
+    python scripts/gan_ref.py --batch 5 --width 1 --grid 32 128 128 --steps 20 --device cuda
 
 The augmentation here is uniform noise inside a random slab (the timing concerns the networks;
 covflow's Perlin fields cost about 1 % of its iteration on the CPU).
@@ -108,24 +109,28 @@ def main():
     ap.add_argument("--grid", type=int, nargs=3, default=[32, 64, 64])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    # Kernels run asynchronously on a GPU: a time is read only after they have finished.
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    g, d = Generator(a.width), Discriminator()
+    g, d = Generator(a.width).to(dev), Discriminator().to(dev)
     opt_g = torch.optim.Adam(g.parameters(), lr=5e-5)
     opt_d = torch.optim.Adam(d.parameters(), lr=1e-3)
     n, (dd, hh, ww) = a.batch, a.grid
     shape = (n, 1, dd, hh, ww)
     zshape = (n, 10, dd // 16, hh // 16, ww // 16)
-    healthy, infected = torch.rand(shape), torch.rand(shape)
-    real = torch.tensor([[1.0, 0.0]]).repeat(n, 1)
-    fake = torch.tensor([[0.0, 1.0]]).repeat(n, 1)
+    healthy, infected = torch.rand(shape, device=dev), torch.rand(shape, device=dev)
+    real = torch.tensor([[1.0, 0.0]], device=dev).repeat(n, 1)
+    fake = torch.tensor([[0.0, 1.0]], device=dev).repeat(n, 1)
 
     def iteration():
         noisy = healthy.clone()
         k = torch.randint(0, dd - dd // 4 + 1, (1,)).item()
         noisy[:, :, k : k + dd // 4] += 0.2 * (torch.rand_like(noisy[:, :, k : k + dd // 4]) - 0.5)
-        z = lambda: torch.rand(zshape) - 0.5
+        z = lambda: torch.rand(zshape, device=dev) - 0.5
         # 1. Reconstruction.
         opt_g.zero_grad()
         F.mse_loss(g(noisy.clamp(0, 1), z()), healthy).backward()
@@ -143,14 +148,16 @@ def main():
 
     t = time.perf_counter()
     iteration()
+    sync()
     first = time.perf_counter() - t
     times = []
     for _ in range(a.steps):
         t = time.perf_counter()
         iteration()
+        sync()
         times.append(time.perf_counter() - t)
     print(
-        f'{{"reference":"pytorch {torch.__version__}","threads":{a.threads},"batch":{n},'
+        f'{{"reference":"pytorch {torch.__version__}","device":"{a.device}","threads":{a.threads},"batch":{n},'
         f'"width":{a.width},"grid":{list(a.grid)},"generator_params":{params(g)},'
         f'"discriminator_params":{params(d)},"first_s":{first:.3f},'
         f'"steps_s":{[round(x, 3) for x in times]},"median_s":{statistics.median(times):.3f}}}'

@@ -6,6 +6,7 @@
 #                                PyTorch reference in the same call and prints one table
 #
 # With the workplace's device tool:  run(command="bash scripts/gpu-check.sh run", carry=[".gpu"])
+# SUITE=gan measures the 3D GAN instead (iteration beside PyTorch's, then learning curves).
 # Results (JSON per run, compile/autotune logs) land in $OUT (or /tmp/gpu-check-out), as they
 # are measured. The main suite runs in order of importance (kernels and preprocessing for issue 3,
 # TransUNet im2col cold/warm, the allocator experiment, PyTorch, implicit GEMM, batch 32,
@@ -188,8 +189,62 @@ PY
         cp "$work/mem/memory.log" "$work/logs/memory-fusion-b8.memory.log" 2>/dev/null
     }
 
+    # Issue 21: the GAN's iteration on the card beside PyTorch's (the phantom study's and the
+    # reference configurations), then its learning curve: the phantom study's GAN with
+    # leaky_output on three seeds and the original recipe on one, every run `--until curve`.
+    # The iterations follow from the measured iteration time and what is left of BUDGET_S
+    # (GAN_ITERATIONS overrides; GAN_SETS adds `--set` arguments to every run; GAN_DEVICE and
+    # GAN_BENCH_STEPS make a dry run elsewhere, e.g. GAN_DEVICE=cpu GAN_ITERATIONS=2).
+    suite_gan() {
+        local bin="$work/bin/covflow" pipe="$here/pipelines/phantom-study.yaml" dev=${GAN_DEVICE:-cuda}
+        local ref="$here/scripts/gan_ref.py"
+        local steps=${GAN_BENCH_STEPS:-10}
+        step gan-bench-study 90 "$bin" bench gan --device "$dev" --batch 2 --width 0.25 --grid 32 64 64 --steps "$steps"
+        step gan-pytorch-study 45 python3 "$ref" --device "$dev" --batch 2 --width 0.25 --grid 32 64 64 --steps "$steps"
+        local sets=() set
+        for set in ${GAN_SETS:-}; do sets+=(--set "$set"); done
+        echo "[gan-prelude] phantoms, preprocessing and crops"
+        local t0=$SECONDS
+        "$bin" run "$pipe" --device "$dev" --cache "$work/c" --until gan_crops "${sets[@]}" \
+            > "$work/logs/gan-prelude.log" 2>&1 || { echo "[gan-prelude] FAILED"; tail -5 "$work/logs/gan-prelude.log"; return; }
+        echo "[gan-prelude] $((SECONDS - t0)) s"
+        # One run at a time, the most telling first: four runs side by side on the card
+        # (2026-12-04) did not finish 300 iterations each in 469 s, where one alone needs ~70 s
+        # after ~30 s of kernel compilation. A run's iteration is taken as 1.5 lone ones (noise,
+        # checkpoints, the curve); the iterations are chosen so that two runs fit.
+        local per_it n every name seed leaky need
+        per_it=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["median_s"])' \
+            "$work/logs/gan-bench-study.jsonl" 2>/dev/null || echo 1)
+        n=${GAN_ITERATIONS:-$(python3 -c "print(max(100, int(($deadline - $SECONDS - 240) / 2 / ($per_it * 1.5) / 100) * 100))")}
+        every=$(( n / 10 > 0 ? n / 10 : 1 ))
+        need=$(python3 -c "print(int($n * $per_it * 1.5) + 60)")
+        echo "[gan-curves] $n iterations each (lone iteration ${per_it} s), snapshots every $every"
+        mkdir -p "$work/curves"
+        for name in leaky-0 original-0 leaky-1 leaky-2; do
+            fits "gan-$name" "$need" || break
+            seed=${name##*-}
+            leaky=$([ "${name%-*}" = leaky ] && echo true || echo false)
+            cp -a "$work/c" "$work/c-$name"
+            local t1=$SECONDS
+            timeout "$need" "$bin" run "$pipe" --device "$dev" --cache "$work/c-$name" --until curve \
+                "${sets[@]}" --set params.gan_iterations="$n" --set stages.gan.with.snapshot_every="$every" \
+                --set stages.gan.with.checkpoint_every="$every" --set stages.gan.with.seed="$seed" \
+                --set stages.gan.with.leaky_output="$leaky" > "$work/logs/gan-$name.log" 2>&1
+            echo "[gan-$name] rc=$? $((SECONDS - t1)) s"
+            mkdir -p "$work/curves/$name"
+            find "$work/c-$name" \( -name curve.csv -o -name history.csv -o -name gan.json \) \
+                -exec cp {} "$work/curves/$name/" \;
+            cat "$work/curves/$name/curve.csv" 2>/dev/null
+        done
+        tar -C "$work" -czf "$out/gan-curves.tar.gz" curves
+        step gan-bench-reference 60 "$bin" bench gan --device "$dev" --batch 5 --width 1 --grid 32 128 128 --steps "$steps"
+        step gan-pytorch-reference 30 python3 "$ref" --device "$dev" --batch 5 --width 1 --grid 32 128 128 --steps "$steps"
+    }
+
     if [ "${SUITE:-main}" = fusion ]; then
         suite_fusion
+    elif [ "${SUITE:-main}" = gan ]; then
+        suite_gan
     else
         suite_main
     fi
