@@ -173,6 +173,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
                 conv: conv.into(),
                 change_weight: 0.0,
                 leaky_output: false,
+                adversary: Default::default(),
             };
             let shape = [grid[0], grid[1], grid[2]];
             let report = covflow_models::bench::gan(device, &recipe, shape, steps)?;

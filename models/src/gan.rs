@@ -6,6 +6,11 @@
 //! dense layers 32 / 16 / 8 with dropout 0.5, and a 2-way softmax. At the reference size
 //! (32 × 128 × 128 × 1) it has 282 378 trainable parameters, as a PyTorch port of the original
 //! counts.
+//!
+//! Beyond the original, [`Adversary::Patch`] replaces the average pool and the dense layers by
+//! one logit per cell of the last feature map (a 1 × 1 × 1 convolution): a local adversary
+//! whose cells each see a 22-voxel-wide region, so that a lesion is judged where it is rather
+//! than averaged with the whole lung ([`crate::patch_adversary`]).
 
 use burn::config::Config;
 use burn::module::Module;
@@ -14,8 +19,20 @@ use burn::tensor::activation::{relu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::{Tensor, TensorPrimitive};
+use serde::{Deserialize, Serialize};
 
 use crate::{Activation, Conv3dLayer, ConvImpl, ModelBackend};
+
+/// How the discriminator judges a volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Adversary {
+    /// The original: one verdict per volume (global average pool, dense layers, softmax).
+    #[default]
+    Global,
+    /// One logit per cell of the last feature map, judged where the lung is.
+    Patch,
+}
 
 /// 2 × 2 × 2 max-pooling with stride 2 of `[N, C, D, H, W]`, odd sizes floored (Keras' `valid`),
 /// on the backend's best path: our kernels (forward and backward) on cubecl backends, the plain
@@ -58,14 +75,36 @@ pub struct DiscriminatorConfig {
     /// How the convolutions compute: im2col on the CPU, burn's kernels on GPUs.
     #[config(default = "ConvImpl::Im2col")]
     pub conv: ConvImpl,
+    /// One verdict per volume (the original) or one per cell.
+    #[config(default = "Adversary::Global")]
+    pub adversary: Adversary,
 }
 
-/// Real healthy volume or generated one: `[N, 1, D, H, W]` → `[N, 2]` class probabilities.
+/// Real healthy volume or generated one: `[N, 1, D, H, W]` → `[N, 2]` class probabilities
+/// (the original) or `[N, cells]` logits ([`Adversary::Patch`]).
 #[derive(Module, Debug)]
 pub struct Discriminator<B: Backend> {
     conv1: Conv3dLayer<B>,
     conv2: Conv3dLayer<B>,
     conv3: Conv3dLayer<B>,
+    head: Head<B>,
+}
+
+/// What turns the last feature map into a verdict.
+// One per discriminator: the larger variant's size costs nothing, and burn's Module derive
+// takes the layers as they are.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Head<B: Backend> {
+    /// Global average pool, dense layers with dropout, 2-way softmax.
+    Global(DenseHead<B>),
+    /// A logit per cell: the same linear map applied to every cell's channels.
+    Patch(Linear<B>),
+}
+
+/// The original's dense layers.
+#[derive(Module, Debug)]
+pub struct DenseHead<B: Backend> {
     dense1: Linear<B>,
     dense2: Linear<B>,
     dense3: Linear<B>,
@@ -79,65 +118,111 @@ impl DiscriminatorConfig {
         let [c1, c2, c3] = self.channels;
         let [d1, d2, d3] = self.dense;
         let conv = |i, o| Conv3dLayer::new([i, o], 3, false, self.conv, device);
+        let head = match self.adversary {
+            Adversary::Global => Head::Global(DenseHead {
+                dense1: LinearConfig::new(c3, d1).init(device),
+                dense2: LinearConfig::new(d1, d2).init(device),
+                dense3: LinearConfig::new(d2, d3).init(device),
+                out: LinearConfig::new(d3, 2).init(device),
+                dropout: DropoutConfig::new(self.dropout).init(),
+            }),
+            Adversary::Patch => Head::Patch(LinearConfig::new(c3, 1).init(device)),
+        };
         Discriminator {
             conv1: conv(1, c1),
             conv2: conv(c1, c2),
             conv3: conv(c2, c3),
-            dense1: LinearConfig::new(c3, d1).init(device),
-            dense2: LinearConfig::new(d1, d2).init(device),
-            dense3: LinearConfig::new(d2, d3).init(device),
-            out: LinearConfig::new(d3, 2).init(device),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            head,
         }
     }
 }
 
 impl<B: ModelBackend> Discriminator<B> {
-    /// Class probabilities (softmax over "real healthy", "generated").
+    /// Class probabilities (softmax over "real healthy", "generated"), or the cells' logits.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 2> {
-        let x = self.pooled(x);
-        let x = self.dropout.forward(relu(self.dense1.forward(x)));
-        let x = self.dropout.forward(relu(self.dense2.forward(x)));
-        let x = self.dropout.forward(relu(self.dense3.forward(x)));
-        softmax(self.out.forward(x), 1)
+        let features = self.features(x);
+        match &self.head {
+            Head::Global(h) => {
+                let x = h.dropout.forward(relu(h.dense1.forward(average(features))));
+                let x = h.dropout.forward(relu(h.dense2.forward(x)));
+                let x = h.dropout.forward(relu(h.dense3.forward(x)));
+                softmax(h.out.forward(x), 1)
+            }
+            Head::Patch(logit) => per_cell(logit, features),
+        }
     }
 
-    /// Class probabilities with the dropout masks given (`keep / (1 − p)` or 0 per unit, one
-    /// `[N, width]` mask per dense layer), so training draws them from its own seeded generator
-    /// rather than the backend's process-wide one.
-    pub fn forward_masked(&self, x: Tensor<B, 5>, masks: [Tensor<B, 2>; 3]) -> Tensor<B, 2> {
-        let [m1, m2, m3] = masks;
-        let x = self.pooled(x);
-        let x = relu(self.dense1.forward(x)) * m1;
-        let x = relu(self.dense2.forward(x)) * m2;
-        let x = relu(self.dense3.forward(x)) * m3;
-        softmax(self.out.forward(x), 1)
+    /// [`Discriminator::forward`] with the dropout masks given (`keep / (1 − p)` or 0 per unit,
+    /// one `[N, width]` mask per dense layer, none for a patch head), so training draws them
+    /// from its own seeded generator rather than the backend's process-wide one.
+    pub fn forward_masked(&self, x: Tensor<B, 5>, masks: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
+        let features = self.features(x);
+        match &self.head {
+            Head::Global(h) => {
+                let [m1, m2, m3]: [Tensor<B, 2>; 3] = masks
+                    .try_into()
+                    .expect("the dense head takes three dropout masks");
+                let x = relu(h.dense1.forward(average(features))) * m1;
+                let x = relu(h.dense2.forward(x)) * m2;
+                let x = relu(h.dense3.forward(x)) * m3;
+                softmax(h.out.forward(x), 1)
+            }
+            Head::Patch(logit) => per_cell(logit, features),
+        }
     }
 
-    /// The widths of the three dense layers (the dropout masks' columns).
-    pub fn dense_widths(&self) -> [usize; 3] {
-        [
-            self.dense1.weight.dims()[1],
-            self.dense2.weight.dims()[1],
-            self.dense3.weight.dims()[1],
-        ]
+    /// The widths of the dense layers (the dropout masks' columns); none for a patch head.
+    pub fn dense_widths(&self) -> Vec<usize> {
+        match &self.head {
+            Head::Global(h) => [&h.dense1, &h.dense2, &h.dense3]
+                .map(|l| l.weight.dims()[1])
+                .to_vec(),
+            Head::Patch(_) => Vec::new(),
+        }
     }
 
-    /// The dropout probability.
+    /// The dropout probability (0 for a patch head, which has none).
     pub fn dropout_prob(&self) -> f64 {
-        self.dropout.prob
+        match &self.head {
+            Head::Global(h) => h.dropout.prob,
+            Head::Patch(_) => 0.0,
+        }
     }
 
-    /// Convolutions, pools and the global average pool over depth, height and width.
-    fn pooled(&self, x: Tensor<B, 5>) -> Tensor<B, 2> {
+    /// How this discriminator judges.
+    pub fn adversary(&self) -> Adversary {
+        match &self.head {
+            Head::Global(_) => Adversary::Global,
+            Head::Patch(_) => Adversary::Patch,
+        }
+    }
+
+    /// Convolutions and pools: `[N, C, d, h, w]`, a cell per 8 voxels along each axis.
+    fn features(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let x = max_pool3d(self.conv1.forward_activated(x, Activation::Relu));
         let x = max_pool3d(self.conv2.forward_activated(x, Activation::Relu));
-        let x = max_pool3d(self.conv3.forward_activated(x, Activation::Relu));
-        let [n, c, ..] = x.dims();
-        x.reshape([n as i32, c as i32, -1])
-            .mean_dim(2)
-            .reshape([n, c])
+        max_pool3d(self.conv3.forward_activated(x, Activation::Relu))
     }
+}
+
+/// The global average pool over depth, height and width: `[N, C]`.
+fn average<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 2> {
+    let [n, c, ..] = x.dims();
+    x.reshape([n as i32, c as i32, -1])
+        .mean_dim(2)
+        .reshape([n, c])
+}
+
+/// `logit` applied to every cell's channels: `[N, C, d, h, w]` → `[N, d·h·w]`, cells in
+/// row-major (depth, height, width) order.
+fn per_cell<B: Backend>(logit: &Linear<B>, x: Tensor<B, 5>) -> Tensor<B, 2> {
+    let [n, c, d, h, w] = x.dims();
+    let cells = d * h * w;
+    let channels_last = x
+        .reshape([n, c, cells])
+        .swap_dims(1, 2)
+        .reshape([n * cells, c]);
+    logit.forward(channels_last).reshape([n, cells])
 }
 
 #[cfg(test)]
@@ -223,6 +308,25 @@ mod tests {
     fn the_discriminator_has_the_reference_parameter_count() {
         let d = DiscriminatorConfig::new().init::<Autodiff<B>>(&Default::default());
         assert_eq!(crate::trainable_params(&d), 282_378);
+    }
+
+    #[test]
+    fn the_patch_discriminator_has_the_trunk_and_one_logit_per_cell() {
+        let device = Default::default();
+        let config = DiscriminatorConfig::new().with_adversary(Adversary::Patch);
+        let d = config.init::<Autodiff<B>>(&device);
+        // The convolutions' 277 568 and a 128 → 1 linear map.
+        assert_eq!(crate::trainable_params(&d), 277_697);
+        assert_eq!(d.adversary(), Adversary::Patch);
+        assert!(d.dense_widths().is_empty());
+        // Odd sizes: 33 × 40 × 47 → 2 × 3 × 4 cells (crate::patch_adversary::cell_grid).
+        let x = Tensor::<Autodiff<B>, 5>::random(
+            [2, 1, 33, 40, 47],
+            Distribution::Uniform(0.0, 1.0),
+            &device,
+        );
+        assert_eq!(d.forward(x.clone()).dims(), [2, 24]);
+        assert_eq!(d.forward_masked(x, Vec::new()).dims(), [2, 24]);
     }
 
     #[test]

@@ -27,10 +27,11 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::checkpoint::CheckpointError;
 use crate::checkpoint::{CheckpointReader, CheckpointWriter};
+use crate::patch_adversary::{cell_weights, weighted_accuracy, weighted_least_squares};
 use crate::seeded_init::{SeededInit, SequentialIds};
 use crate::{
-    Discriminator, DiscriminatorConfig, FusedAdam, Generator, GeneratorConfig, ModelBackend,
-    NoiseAugment, NoisePlan, add_noise, plan_noise,
+    Adversary, Discriminator, DiscriminatorConfig, FusedAdam, Generator, GeneratorConfig,
+    ModelBackend, NoiseAugment, NoisePlan, add_noise, plan_noise,
 };
 
 /// What a GAN training is: models, optimiser, batch, length, seed.
@@ -60,6 +61,10 @@ pub struct GanRecipe {
     /// ([`GeneratorConfig::leaky_output`]).
     #[serde(default)]
     pub leaky_output: bool,
+    /// One verdict per volume (the original) or a lung-weighted one per cell
+    /// ([`Adversary::Patch`], least squares on logits).
+    #[serde(default)]
+    pub adversary: Adversary,
     /// How the convolutions compute.
     pub conv: crate::ConvImpl,
 }
@@ -151,6 +156,7 @@ where
         let generator = generator_config(&recipe).init(&device).map(&mut init);
         let discriminator = DiscriminatorConfig::new()
             .with_conv(recipe.conv)
+            .with_adversary(recipe.adversary)
             .init(&device)
             .map(&mut init);
         Self {
@@ -199,8 +205,6 @@ where
         );
         let infected_t = self.batch(infected.iter().map(|s| s.ct.as_slice()), data.shape);
         let infected_lung = self.batch(infected.iter().map(|s| s.lung.as_slice()), data.shape);
-        let real = self.targets(n, [1.0, 0.0]);
-        let fake = self.targets(n, [0.0, 1.0]);
 
         // 1. Reconstruction.
         let z = self.latent(&mut rng, noisy_t.dims());
@@ -218,9 +222,9 @@ where
         let (m1, m2) = (self.dropout(&mut rng, n), self.dropout(&mut rng, n));
         let on_real = self.discriminator.forward_masked(healthy_t, m1);
         let on_twins = self.discriminator.forward_masked(twins, m2);
-        let accuracy_real = share_called(&on_real, 0);
-        let accuracy_generated = share_called(&on_twins, 1);
-        let loss_d = (mse(on_real, real.clone()) + mse(on_twins, fake)) / 2.0;
+        let (loss_real, accuracy_real) = self.verdict(on_real, &healthy, data.shape, true);
+        let (loss_twins, accuracy_generated) = self.verdict(on_twins, &infected, data.shape, false);
+        let loss_d = (loss_real + loss_twins) / 2.0;
         let discriminator = scalar(&loss_d);
         let grads = GradientsParams::from_grads(loss_d.backward(), &self.discriminator);
         self.discriminator = self.opt_d.step(
@@ -236,7 +240,12 @@ where
         let change_t = mean_change_in_lung(twins.clone(), infected_t, infected_lung);
         let masks = self.dropout(&mut rng, n);
         let judge = self.discriminator.clone().no_grad();
-        let loss_a = mse(judge.forward_masked(twins, masks), real);
+        let (loss_a, _) = self.verdict(
+            judge.forward_masked(twins, masks),
+            &infected,
+            data.shape,
+            true,
+        );
         let (adversarial, change) = (scalar(&loss_a), scalar(&change_t));
         // Without the term, the original's graph exactly: its results stay bit for bit.
         let weight = self.recipe.change_weight;
@@ -278,22 +287,57 @@ where
         Tensor::from_data(TensorData::new(flat, [n, 1, d, h, w]), &self.device)
     }
 
-    /// Inverted-dropout masks of the discriminator's dense layers for a batch of `n`.
-    fn dropout(&self, rng: &mut ChaCha8Rng, n: usize) -> [Tensor<B, 2>; 3] {
+    /// The adversary's loss on the scores of `volumes` when they should be judged real healthy
+    /// (`healthy`) or generated, and the share it judged so: the original's MSE between class
+    /// probabilities and one-hot targets, or a patch adversary's lung-weighted least squares.
+    fn verdict(
+        &self,
+        scores: Tensor<B, 2>,
+        volumes: &[GanSample],
+        shape: [usize; 3],
+        healthy: bool,
+    ) -> (Tensor<B, 1>, f64) {
+        match self.recipe.adversary {
+            Adversary::Global => {
+                let (class, index) = if healthy {
+                    ([1.0, 0.0], 0)
+                } else {
+                    ([0.0, 1.0], 1)
+                };
+                let accuracy = share_called(&scores, index);
+                (mse(scores, self.targets(volumes.len(), class)), accuracy)
+            }
+            Adversary::Patch => {
+                let lungs = volumes.iter().map(|v| v.lung.as_slice());
+                let weights = cell_weights::<B>(lungs, shape, &self.device);
+                let accuracy = weighted_accuracy(&scores, &weights, healthy);
+                let target = if healthy { 1.0 } else { 0.0 };
+                (weighted_least_squares(scores, target, weights), accuracy)
+            }
+        }
+    }
+
+    /// Inverted-dropout masks of the discriminator's dense layers for a batch of `n` (none for
+    /// a patch adversary).
+    fn dropout(&self, rng: &mut ChaCha8Rng, n: usize) -> Vec<Tensor<B, 2>> {
         let p = self.discriminator.dropout_prob();
         let keep = (1.0 - p) as f32;
-        self.discriminator.dense_widths().map(|w| {
-            let m: Vec<f32> = (0..n * w)
-                .map(|_| {
-                    if rng.random::<f64>() < p {
-                        0.0
-                    } else {
-                        1.0 / keep
-                    }
-                })
-                .collect();
-            Tensor::from_data(TensorData::new(m, [n, w]), &self.device)
-        })
+        self.discriminator
+            .dense_widths()
+            .into_iter()
+            .map(|w| {
+                let m: Vec<f32> = (0..n * w)
+                    .map(|_| {
+                        if rng.random::<f64>() < p {
+                            0.0
+                        } else {
+                            1.0 / keep
+                        }
+                    })
+                    .collect();
+                Tensor::from_data(TensorData::new(m, [n, w]), &self.device)
+            })
+            .collect()
     }
 
     fn targets(&self, n: usize, class: [f32; 2]) -> Tensor<B, 2> {
@@ -427,117 +471,4 @@ fn scalar<B: Backend>(t: &Tensor<B, 1>) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use burn::backend::{Autodiff, NdArray};
-
-    type B = Autodiff<NdArray>;
-
-    fn recipe() -> GanRecipe {
-        GanRecipe {
-            width: 0.125,
-            lr_generator: 1e-3,
-            lr_discriminator: 1e-3,
-            batch: 2,
-            iterations: 4,
-            seed: 7,
-            noise: NoiseAugment::default(),
-            conv: crate::ConvImpl::Im2col,
-            change_weight: 0.0,
-            leaky_output: false,
-        }
-    }
-
-    /// Two healthy and two infected 32 × 32 × 32 volumes (the smallest the discriminator's
-    /// three valid convolutions and pools take): a lung box, lesions as a bright cube.
-    fn data() -> GanData {
-        let shape = [32, 32, 32];
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let sample = |rng: &mut ChaCha8Rng, lesion: bool| {
-            let mut ct = vec![0.0f32; 32 * 32 * 32];
-            let mut lung = vec![0.0f32; 32 * 32 * 32];
-            for (i, (c, l)) in ct.iter_mut().zip(lung.iter_mut()).enumerate() {
-                let (z, y, x) = (i / 1024, (i / 32) % 32, i % 32);
-                if (4..28).contains(&y) && (4..28).contains(&x) {
-                    *l = 1.0;
-                    *c = 0.1 + 0.02 * rng.random::<f32>();
-                    if lesion
-                        && (8..16).contains(&z)
-                        && (8..16).contains(&y)
-                        && (8..16).contains(&x)
-                    {
-                        *c = 0.5;
-                    }
-                }
-            }
-            GanSample { ct, lung }
-        };
-        GanData {
-            shape,
-            healthy: (0..2).map(|_| sample(&mut rng, false)).collect(),
-            infected: (0..2).map(|_| sample(&mut rng, true)).collect(),
-        }
-    }
-
-    fn weights(t: &GanTrainer<B>) -> Vec<f32> {
-        let g = heal(
-            &t.inference_generator(),
-            &[&data().infected[0].ct],
-            [32, 32, 32],
-            &Default::default(),
-        );
-        g.concat()
-    }
-
-    /// The mean change, as the history records it, of a training of `iterations` with the
-    /// minimal-change term weighted `weight`, over its last three iterations.
-    fn change_after(weight: f64, iterations: usize) -> f64 {
-        // A ReLU output this small and this early is mostly dead: nothing would move it.
-        let recipe = GanRecipe {
-            change_weight: weight,
-            leaky_output: true,
-            lr_generator: 1e-2,
-            ..recipe()
-        };
-        let mut t = GanTrainer::<B>::new(recipe, Default::default());
-        let data = data();
-        for _ in 0..iterations {
-            t.step(&data);
-        }
-        t.history[iterations - 3..]
-            .iter()
-            .map(|l| l.change)
-            .sum::<f64>()
-            / 3.0
-    }
-
-    #[test]
-    fn the_minimal_change_term_keeps_twins_closer_to_their_scans() {
-        let free = change_after(0.0, 10);
-        let held = change_after(20.0, 10);
-        assert!(free > 0.0 && held < 0.8 * free, "{held} vs {free}");
-    }
-
-    #[test]
-    fn a_resumed_training_is_bit_for_bit_the_uninterrupted_one() {
-        let data = data();
-        let dir = tempfile::tempdir().unwrap();
-        let ckpt = dir.path().join("checkpoint");
-        let mut straight = GanTrainer::<B>::new(recipe(), Default::default());
-        for _ in 0..4 {
-            straight.step(&data);
-        }
-        let mut first = GanTrainer::<B>::new(recipe(), Default::default());
-        first.step(&data);
-        first.step(&data);
-        first.save_checkpoint(&ckpt).unwrap();
-        first.step(&data); // lost with the kill
-        let mut resumed = GanTrainer::<B>::new(recipe(), Default::default());
-        assert!(resumed.resume(&ckpt).unwrap());
-        assert_eq!(resumed.iteration, 2);
-        resumed.step(&data);
-        resumed.step(&data);
-        assert_eq!(resumed.history, straight.history);
-        assert_eq!(weights(&resumed), weights(&straight));
-    }
-}
+mod tests;

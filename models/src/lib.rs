@@ -27,6 +27,7 @@ mod host_conv3d;
 mod host_pool3d;
 mod host_up2x;
 mod losses;
+mod patch_adversary;
 mod seeded_init;
 mod seg_run;
 mod seg_train;
@@ -45,7 +46,7 @@ pub use device::DeviceNotBuilt;
 pub use dropout::{dropout, with_seeded_dropout};
 pub use export::{WeightsError, load_transunet_safetensors, save_transunet_safetensors};
 pub use fused_adam::FusedAdam;
-pub use gan::{Discriminator, DiscriminatorConfig, max_pool3d, max_pool3d_plain};
+pub use gan::{Adversary, Discriminator, DiscriminatorConfig, max_pool3d, max_pool3d_plain};
 pub use gan_noise::{NoiseAugment, NoisePlan, add_noise, plan_noise};
 pub use gan_ops::{Activation, Conv3dGeometry, Up2xGeometry, conv3d, up2x};
 pub use gan_run::{
@@ -58,6 +59,7 @@ pub use gan_train::{
 };
 pub use generator::{Generator, GeneratorConfig};
 pub use losses::{contrastive, mse, mse_and_sensitivity, sensitivity_bce};
+pub use patch_adversary::{cell_grid, lung_share_per_cell};
 pub use seg_run::{SegError, SegOutcome, SegWeights, predict_volumes, train_segmenter};
 pub use seg_train::{Phase, Plateau, SegData, SegEpoch, SegRecipe, SegSlice, SegTrainer};
 pub use train::{BenchOptimizer, LossConfig, SegmentationLearner, TrainingBench, bench_training};

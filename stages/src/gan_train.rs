@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use covflow_engine::{ParamError, Stage, StageDecl, StageError, TaskContext};
 use covflow_models::{
-    GanData, GanFiles, GanRecipe, GanSample, NoiseAugment, conv_for, snapshot_iterations,
-    snapshot_name, train_gan,
+    Adversary, GanData, GanFiles, GanRecipe, GanSample, NoiseAugment, conv_for,
+    snapshot_iterations, snapshot_name, train_gan,
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,33 @@ pub struct GanTrainParams {
     /// below zero can come back.
     #[serde(default)]
     pub leaky_output: bool,
+    /// `global`: one verdict per volume (the original); `patch`: one logit per cell of the
+    /// discriminator's last feature map (a 22-voxel field every 8 voxels), least squares
+    /// weighted by the lung share each cell sees.
+    #[serde(default)]
+    pub adversary: AdversaryParam,
+}
+
+/// How the discriminator judges (`adversary`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AdversaryParam {
+    /// One verdict per volume, the original.
+    #[default]
+    Global,
+    /// One lung-weighted verdict per cell.
+    Patch,
+}
+
+impl From<AdversaryParam> for Adversary {
+    fn from(p: AdversaryParam) -> Self {
+        match p {
+            AdversaryParam::Global => Adversary::Global,
+            AdversaryParam::Patch => Adversary::Patch,
+        }
+    }
 }
 
 fn healthy() -> Vec<String> {
@@ -149,7 +176,8 @@ impl Stage for GanTrainStage {
          first and after the last (for gan_curve) and history.csv/json (losses, and the \
          discriminator's accuracy on real and generated volumes, and the twins' mean change). \
          Beyond the original: `change_weight` adds a minimal-change term to the adversarial \
-         step and `leaky_output` keeps the generator's output alive below zero. Reads one \
+         step, `leaky_output` keeps the generator's output alive below zero and `adversary: \
+         patch` judges each region of the lung instead of the whole volume. Reads one \
          crop-like stage (`needs`); every axis of its grid must be a multiple of 16 and at \
          least 32."
     }
@@ -211,6 +239,7 @@ impl Stage for GanTrainStage {
                 conv: conv_for(kernel_device(ctx.device)),
                 change_weight: p.change_weight,
                 leaky_output: p.leaky_output,
+                adversary: p.adversary.into(),
             },
             shape,
             healthy: Vec::new(),
