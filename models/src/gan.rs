@@ -18,7 +18,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::max_pool2d;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 use serde::{Deserialize, Serialize};
 
 use crate::{Activation, Conv3dLayer, ConvImpl, ModelBackend};
@@ -156,7 +156,26 @@ impl<B: ModelBackend> Discriminator<B> {
     /// one `[N, width]` mask per dense layer, none for a patch head), so training draws them
     /// from its own seeded generator rather than the backend's process-wide one.
     pub fn forward_masked(&self, x: Tensor<B, 5>, masks: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
+        self.judge(self.features(x), masks)
+    }
+
+    /// [`Discriminator::forward_masked`] and the share of the last feature map's units above
+    /// zero (after the ReLUs and pools). Near 0 the adversary is dead: its verdict is its bias
+    /// alone, whatever it is shown.
+    pub fn forward_masked_live(
+        &self,
+        x: Tensor<B, 5>,
+        masks: Vec<Tensor<B, 2>>,
+    ) -> (Tensor<B, 2>, f64) {
         let features = self.features(x);
+        let live = features.clone().detach().greater_elem(0.0).float().mean();
+        (
+            self.judge(features, masks),
+            live.into_scalar().elem::<f64>(),
+        )
+    }
+
+    fn judge(&self, features: Tensor<B, 5>, masks: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
         match &self.head {
             Head::Global(h) => {
                 let [m1, m2, m3]: [Tensor<B, 2>; 3] = masks

@@ -109,6 +109,11 @@ pub struct GanLosses {
     /// lungs (window units), whether or not the recipe's `change_weight` trains on it.
     #[serde(default)]
     pub change: f64,
+    /// Step 2: the share of the discriminator's last feature map (after its ReLUs and pools)
+    /// that is above zero on the real healthy volumes. Near 0 the adversary is dead: its
+    /// verdict is its bias alone, whatever it is shown.
+    #[serde(default)]
+    pub discriminator_live: f64,
 }
 
 /// A training in progress: both models, both optimisers, the iteration reached and the history.
@@ -220,7 +225,7 @@ where
         let z = self.latent(&mut rng, infected_t.dims());
         let twins = self.generator.forward(infected_t.clone(), z).detach();
         let (m1, m2) = (self.dropout(&mut rng, n), self.dropout(&mut rng, n));
-        let on_real = self.discriminator.forward_masked(healthy_t, m1);
+        let (on_real, discriminator_live) = self.discriminator.forward_masked_live(healthy_t, m1);
         let on_twins = self.discriminator.forward_masked(twins, m2);
         let (loss_real, accuracy_real) = self.verdict(on_real, &healthy, data.shape, true);
         let (loss_twins, accuracy_generated) = self.verdict(on_twins, &infected, data.shape, false);
@@ -268,6 +273,7 @@ where
             accuracy_real,
             accuracy_generated,
             change,
+            discriminator_live,
         };
         self.history.push(losses);
         losses

@@ -163,7 +163,8 @@ impl Stage for GanTrainStage {
         // are host operations (summation order changed); history gains the discriminator's
         // accuracy. 4: history gains the twins' mean change inside the lungs. 5: the CPU's
         // products summed in one order on every CPU (stretches of K, no lane-width sums).
-        5
+        // 6: history gains the share of the discriminator's last features alive.
+        6
     }
 
     fn about(&self) -> &'static str {
@@ -174,7 +175,8 @@ impl Stage for GanTrainStage {
          training resumes from the last one. Writes generator.bin, gan.json (recipe, grid, \
          split), snapshots/iteration-NNNNNN.bin every `snapshot_every` iterations, before the \
          first and after the last (for gan_curve) and history.csv/json (losses, and the \
-         discriminator's accuracy on real and generated volumes, and the twins' mean change). \
+         discriminator's accuracy on real and generated volumes, the share of its last features alive, \
+         and the twins' mean change). \
          Beyond the original: `change_weight` adds a minimal-change term to the adversarial \
          step, `leaky_output` keeps the generator's output alive below zero and `adversary: \
          patch` judges each region of the lung instead of the whole volume. Reads one \
@@ -333,18 +335,19 @@ impl Stage for GanTrainStage {
             copy_snapshots(&snapshots, &ctx.out_dir.join(SNAPSHOTS), p)?;
         }
         let mut csv = String::from(
-            "iteration,reconstruction,discriminator,adversarial,accuracy_real,accuracy_generated,change\n",
+            "iteration,reconstruction,discriminator,adversarial,accuracy_real,accuracy_generated,change,discriminator_live\n",
         );
         for l in &outcome.history {
             csv += &format!(
-                "{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{}\n",
                 l.iteration,
                 l.reconstruction,
                 l.discriminator,
                 l.adversarial,
                 l.accuracy_real,
                 l.accuracy_generated,
-                l.change
+                l.change,
+                l.discriminator_live
             );
         }
         write(&ctx.out_dir.join("history.csv"), csv.as_bytes())?;

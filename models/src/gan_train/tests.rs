@@ -138,6 +138,10 @@ fn a_patch_adversary_trains_on_its_own_losses() {
         for a in [p.accuracy_real, p.accuracy_generated] {
             assert!((0.0..=1.0).contains(&a), "{a}");
         }
+        // A fresh adversary's ReLUs are partly alive, never all.
+        for live in [g.discriminator_live, p.discriminator_live] {
+            assert!(live > 0.0 && live < 1.0, "{live}");
+        }
     }
     assert_eq!(patch.discriminator.adversary(), Adversary::Patch);
 }
