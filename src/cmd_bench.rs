@@ -174,6 +174,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
                 change_weight: 0.0,
                 leaky_output: false,
                 adversary: Default::default(),
+                discriminator_slope: 0.0,
             };
             let shape = [grid[0], grid[1], grid[2]];
             let report = covflow_models::bench::gan(device, &recipe, shape, steps)?;

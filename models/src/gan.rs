@@ -78,6 +78,10 @@ pub struct DiscriminatorConfig {
     /// One verdict per volume (the original) or one per cell.
     #[config(default = "Adversary::Global")]
     pub adversary: Adversary,
+    /// The convolutions' activation below zero: 0 is the original's ReLU, a positive slope a
+    /// LeakyReLU (0.2 in DCGAN), whose units cannot die.
+    #[config(default = 0.0)]
+    pub slope: f64,
 }
 
 /// Real healthy volume or generated one: `[N, 1, D, H, W]` → `[N, 2]` class probabilities
@@ -88,6 +92,8 @@ pub struct Discriminator<B: Backend> {
     conv2: Conv3dLayer<B>,
     conv3: Conv3dLayer<B>,
     head: Head<B>,
+    /// The convolutions' slope below zero (0: ReLU).
+    slope: f64,
 }
 
 /// What turns the last feature map into a verdict.
@@ -133,6 +139,7 @@ impl DiscriminatorConfig {
             conv2: conv(c1, c2),
             conv3: conv(c2, c3),
             head,
+            slope: self.slope,
         }
     }
 }
@@ -218,9 +225,14 @@ impl<B: ModelBackend> Discriminator<B> {
 
     /// Convolutions and pools: `[N, C, d, h, w]`, a cell per 8 voxels along each axis.
     fn features(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let x = max_pool3d(self.conv1.forward_activated(x, Activation::Relu));
-        let x = max_pool3d(self.conv2.forward_activated(x, Activation::Relu));
-        max_pool3d(self.conv3.forward_activated(x, Activation::Relu))
+        let act = if self.slope > 0.0 {
+            Activation::Leaky(self.slope)
+        } else {
+            Activation::Relu
+        };
+        let x = max_pool3d(self.conv1.forward_activated(x, act));
+        let x = max_pool3d(self.conv2.forward_activated(x, act));
+        max_pool3d(self.conv3.forward_activated(x, act))
     }
 }
 
@@ -346,6 +358,31 @@ mod tests {
         );
         assert_eq!(d.forward(x.clone()).dims(), [2, 24]);
         assert_eq!(d.forward_masked(x, Vec::new()).dims(), [2, 24]);
+    }
+
+    /// The slope reaches every convolution: the same weights judge differently, and nothing
+    /// is added to train.
+    #[test]
+    fn a_leaky_discriminator_shares_the_weights_and_changes_the_verdict() {
+        let device = Default::default();
+        let relu = DiscriminatorConfig::new().with_adversary(Adversary::Patch);
+        let d = relu.init::<Autodiff<B>>(&device);
+        let leaky = DiscriminatorConfig::new()
+            .with_adversary(Adversary::Patch)
+            .with_slope(0.2)
+            .init::<Autodiff<B>>(&device)
+            .load_record(d.clone().into_record());
+        assert_eq!(crate::trainable_params(&leaky), crate::trainable_params(&d));
+        let x = Tensor::<Autodiff<B>, 5>::random(
+            [1, 1, 24, 40, 40],
+            Distribution::Uniform(-1.0, 1.0),
+            &device,
+        );
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            d.forward(x.clone()).into_data().to_vec().unwrap(),
+            leaky.forward(x).into_data().to_vec().unwrap(),
+        );
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct GanRecipe {
     /// ([`Adversary::Patch`], least squares on logits).
     #[serde(default)]
     pub adversary: Adversary,
+    /// The discriminator's activation below zero: 0 is the original's ReLU, a positive slope a
+    /// LeakyReLU whose units cannot die.
+    #[serde(default)]
+    pub discriminator_slope: f64,
     /// How the convolutions compute.
     pub conv: crate::ConvImpl,
 }
@@ -162,6 +166,7 @@ where
         let discriminator = DiscriminatorConfig::new()
             .with_conv(recipe.conv)
             .with_adversary(recipe.adversary)
+            .with_slope(recipe.discriminator_slope)
             .init(&device)
             .map(&mut init);
         Self {

@@ -86,6 +86,10 @@ pub struct GanTrainParams {
     /// weighted by the lung share each cell sees.
     #[serde(default)]
     pub adversary: AdversaryParam,
+    /// The discriminator's activation below zero: 0 is the original's ReLU, a positive slope
+    /// (0.2 in DCGAN) a LeakyReLU, whose units cannot die.
+    #[serde(default)]
+    pub discriminator_slope: f64,
 }
 
 /// How the discriminator judges (`adversary`).
@@ -193,6 +197,7 @@ impl Stage for GanTrainStage {
         check_range("noise_amplitude", p.noise_amplitude, 0.0..=10.0, "")?;
         check_range("checkpoint_every", p.checkpoint_every, 1..=10_000_000, "")?;
         check_range("change_weight", p.change_weight, 0.0..=1000.0, "")?;
+        check_range("discriminator_slope", p.discriminator_slope, 0.0..=1.0, "")?;
         if let Some(c) = p.healthy.iter().find(|c| p.infected.contains(c)) {
             return Err(ParamError::field(
                 "infected",
@@ -242,6 +247,7 @@ impl Stage for GanTrainStage {
                 change_weight: p.change_weight,
                 leaky_output: p.leaky_output,
                 adversary: p.adversary.into(),
+                discriminator_slope: p.discriminator_slope,
             },
             shape,
             healthy: Vec::new(),

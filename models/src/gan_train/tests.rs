@@ -18,6 +18,7 @@ fn recipe() -> GanRecipe {
         change_weight: 0.0,
         leaky_output: false,
         adversary: Adversary::Global,
+        discriminator_slope: 0.0,
     }
 }
 
