@@ -250,7 +250,8 @@ where
         let change_t = mean_change_in_lung(twins.clone(), infected_t, infected_lung);
         let masks = self.dropout(&mut rng, n);
         let judge = self.discriminator.clone().no_grad();
-        let (loss_a, _) = self.verdict(
+        // The loss alone: its accuracy would cost a host read per iteration for nothing.
+        let loss_a = self.verdict_loss(
             judge.forward_masked(twins, masks),
             &infected,
             data.shape,
@@ -299,8 +300,7 @@ where
     }
 
     /// The adversary's loss on the scores of `volumes` when they should be judged real healthy
-    /// (`healthy`) or generated, and the share it judged so: the original's MSE between class
-    /// probabilities and one-hot targets, or a patch adversary's lung-weighted least squares.
+    /// (`healthy`) or generated, and the share it judged so.
     fn verdict(
         &self,
         scores: Tensor<B, 2>,
@@ -308,24 +308,41 @@ where
         shape: [usize; 3],
         healthy: bool,
     ) -> (Tensor<B, 1>, f64) {
+        let accuracy = match self.recipe.adversary {
+            Adversary::Global => share_called(&scores, if healthy { 0 } else { 1 }),
+            Adversary::Patch => weighted_accuracy(&scores, &self.cells(volumes, shape), healthy),
+        };
+        (self.verdict_loss(scores, volumes, shape, healthy), accuracy)
+    }
+
+    /// The original's MSE between class probabilities and one-hot targets, or a patch
+    /// adversary's lung-weighted least squares.
+    fn verdict_loss(
+        &self,
+        scores: Tensor<B, 2>,
+        volumes: &[GanSample],
+        shape: [usize; 3],
+        healthy: bool,
+    ) -> Tensor<B, 1> {
         match self.recipe.adversary {
             Adversary::Global => {
-                let (class, index) = if healthy {
-                    ([1.0, 0.0], 0)
-                } else {
-                    ([0.0, 1.0], 1)
-                };
-                let accuracy = share_called(&scores, index);
-                (mse(scores, self.targets(volumes.len(), class)), accuracy)
+                let class = if healthy { [1.0, 0.0] } else { [0.0, 1.0] };
+                mse(scores, self.targets(volumes.len(), class))
             }
             Adversary::Patch => {
-                let lungs = volumes.iter().map(|v| v.lung.as_slice());
-                let weights = cell_weights::<B>(lungs, shape, &self.device);
-                let accuracy = weighted_accuracy(&scores, &weights, healthy);
                 let target = if healthy { 1.0 } else { 0.0 };
-                (weighted_least_squares(scores, target, weights), accuracy)
+                weighted_least_squares(scores, target, self.cells(volumes, shape))
             }
         }
+    }
+
+    /// The lung share each discriminator cell sees, per volume.
+    fn cells(&self, volumes: &[GanSample], shape: [usize; 3]) -> Tensor<B, 2> {
+        cell_weights::<B>(
+            volumes.iter().map(|v| v.lung.as_slice()),
+            shape,
+            &self.device,
+        )
     }
 
     /// Inverted-dropout masks of the discriminator's dense layers for a batch of `n` (none for
